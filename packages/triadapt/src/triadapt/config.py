@@ -1,0 +1,179 @@
+"""`TriAdaptConfig`: every knob of TriAdaptLoRA, validated on construction.
+
+Defaults follow the paper (arXiv 2501.08008, Table V) where it gives one. A worked
+schedule: with ``warmup_steps=100, growth_interval=100, total_steps=1000`` growth events
+happen after optimizer steps 200, 300, ..., 1000 (``t > t0`` and ``t % ΔT == 0``), each
+growing ``k`` matrices by ``rank_increment`` until the budget ``ref_rank * M`` is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from triadapt.errors import ConfigError
+
+ROUNDINGS = ("ceil", "floor")
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TriAdaptConfig:
+    """Configuration of TriAdaptLoRA adapters and their rank growth."""
+
+    structure: str = _help("How ΔW is parametrised: 'triangular' (B(L+U)A) or 'lora' (BA).", default="triangular")
+    scorer: str = _help("Importance score at growth events: 'fnorm', 'fnorm-sqrt' or 'fnorm-raw'.", default="fnorm")
+    threshold: str = _help("How many matrices grow per event: 'linear', 'nonlinear', 'fixed' or 'none'.",
+                           default="linear")
+    target_modules: list[str] | str | None = _help(
+        "Layer-name suffixes (list) or one regular expression (str) to adapt; None uses the default set of the "
+        "model's architecture.", default=None)
+    trainable_modules: list[str] | None = _help(
+        "Extra modules trained in full and saved with the adapter (e.g. a classification head); None picks the "
+        "usual head names ('classifier', 'score', 'qa_outputs') present in the model.", default=None)
+    init_rank: int = _help("Initial rank r_init of every adapted matrix (paper: 1).", default=1)
+    rank_increment: int = _help("Rank added to a matrix chosen at a growth event (Δr).", default=1)
+    ref_rank: int = _help("Reference rank r_ref: the total budget is ref_rank × number of matrices.", default=8)
+    total_budget: int | None = _help("Explicit total rank budget R0 (overrides ref_rank × M).", default=None)
+    max_rank: int | None = _help(
+        "Reserved capacity per matrix; None means init_rank with threshold 'none', else max(init_rank, 2×ref_rank).",
+        default=None)
+    warmup_steps: int = _help("t0: optimizer steps before the first possible growth event.", default=1000)
+    growth_interval: int = _help("ΔT: a growth event may happen every ΔT optimizer steps.", default=1000)
+    total_steps: int | None = _help(
+        "T: total optimizer steps of the run (needed by 'linear'/'nonlinear'; trainers set it).", default=None)
+    rounding: str = _help("Rounding of k: 'ceil' (paper) or 'floor' (reference code).", default="ceil")
+    fixed_k: int | None = _help("k for threshold 'fixed'.", default=None)
+    lora_alpha: float = _help("α: the update is scaled by α / (r + ε) with r the current rank.", default=16.0)
+    dropout: float = _help("Dropout on the adapter input.", default=0.0)
+    init_std: float = _help("σ of the N(0, σ²) draws for A, L, U and grown B entries.", default=0.02)
+    eps: float = _help("ε in the scale α / (r + ε).", default=1e-5)
+    orth_reg_weight: float = _help("λ of the orthogonal regulariser (0 disables it).", default=0.1)
+    orth_reg_squared: bool = _help("Use the squared Frobenius norm (literal Eq. 10).", default=False)
+    seed: int | None = _help("Seed of the adapter initialisation (None: torch's global generator).", default=None)
+    strategy_options: dict[str, Any] = _help(
+        "Options for plugin strategies, keyed by strategy name.", default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_ranges()
+        self._check_strategies()
+
+    # -- validation -------------------------------------------------------------------------------
+    def _check_types(self) -> None:
+        ints = ("init_rank", "rank_increment", "ref_rank", "warmup_steps", "growth_interval")
+        for name in ints:
+            _require_int(name, getattr(self, name))
+        for name in ("total_budget", "max_rank", "total_steps", "fixed_k", "seed"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name))
+        for name in ("lora_alpha", "dropout", "init_std", "eps", "orth_reg_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(name, value, "must be a number")
+        t = self.target_modules
+        if t is not None and not isinstance(t, str) and not (
+                isinstance(t, (list, tuple)) and t and all(isinstance(x, str) and x for x in t)):
+            raise ConfigError("target_modules", t, "must be None, a regular expression or a non-empty list of names")
+        if isinstance(t, str):
+            _check_regex("target_modules", t)
+        m = self.trainable_modules
+        if m is not None and not (isinstance(m, (list, tuple)) and all(isinstance(x, str) and x for x in m)):
+            raise ConfigError("trainable_modules", m, "must be None or a list of module names")
+        if not isinstance(self.strategy_options, dict):
+            raise ConfigError("strategy_options", self.strategy_options, "must be a dict keyed by strategy name")
+
+    def _check_ranges(self) -> None:
+        _at_least("init_rank", self.init_rank, 1)
+        _at_least("rank_increment", self.rank_increment, 1)
+        _at_least("ref_rank", self.ref_rank, 1)
+        _at_least("warmup_steps", self.warmup_steps, 0)
+        _at_least("growth_interval", self.growth_interval, 1)
+        if self.total_budget is not None:
+            _at_least("total_budget", self.total_budget, 1)
+        if self.max_rank is not None and self.max_rank < self.init_rank:
+            raise ConfigError("max_rank", self.max_rank, f"must be >= init_rank ({self.init_rank})")
+        if self.total_steps is not None and self.total_steps <= self.warmup_steps:
+            raise ConfigError("total_steps", self.total_steps,
+                              f"must be > warmup_steps ({self.warmup_steps}) so that growth can happen")
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError("rounding", self.rounding, f"must be one of {', '.join(ROUNDINGS)}")
+        if self.threshold == "fixed" and (self.fixed_k is None or self.fixed_k < 1):
+            raise ConfigError("fixed_k", self.fixed_k, "threshold 'fixed' needs an integer fixed_k >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
+        if self.init_std <= 0:
+            raise ConfigError("init_std", self.init_std, "must be > 0 (a zero init leaves every gradient zero)")
+        if self.eps < 0:
+            raise ConfigError("eps", self.eps, "must be >= 0")
+        if self.lora_alpha <= 0:
+            raise ConfigError("lora_alpha", self.lora_alpha, "must be > 0")
+        if self.orth_reg_weight < 0:
+            raise ConfigError("orth_reg_weight", self.orth_reg_weight, "must be >= 0 (0 disables the regulariser)")
+
+    def _check_strategies(self) -> None:
+        from triadapt.plugins import registry  # late import: the registry imports strategy modules
+
+        current = registry()
+        for kind in ("structure", "scorer", "threshold"):
+            current.get(kind, getattr(self, kind))  # raises UnknownStrategyError listing the known names
+
+    # -- derived values ----------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Ranks reserved per matrix (parameters exist for all of them from construction on)."""
+        if self.max_rank is not None:
+            return self.max_rank
+        if self.threshold == "none":
+            return self.init_rank
+        return max(self.init_rank, 2 * self.ref_rank)
+
+    def budget(self, num_matrices: int) -> int:
+        """Total rank budget R0 (Eq. 12): explicit, or ref_rank × M."""
+        return self.total_budget if self.total_budget is not None else self.ref_rank * num_matrices
+
+    def replace(self, **changes: Any) -> "TriAdaptConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if isinstance(data["target_modules"], tuple):
+            data["target_modules"] = list(data["target_modules"])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TriAdaptConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], data[unknown[0]], f"is not a TriAdaptConfig field; fields are "
+                                                            f"{', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def _require_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, value, "must be an integer")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(name, value, f"must be >= {low}")
+
+
+def _check_regex(name: str, pattern: str) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(name, pattern, f"is not a valid regular expression ({exc})") from None

@@ -1,0 +1,198 @@
+"""`inject` puts adapters into a model; the returned `Controller` drives them.
+
+A plain PyTorch loop::
+
+    ctl = triadapt.inject(model, TriAdaptConfig(total_steps=T, warmup_steps=100, growth_interval=100))
+    optimizer = torch.optim.AdamW(ctl.trainable_parameters(), lr=1e-3)
+    ctl.attach(optimizer)            # growth after every optimizer.step(), never per micro-batch
+    for batch in loader:
+        loss = model(**batch).loss + ctl.orthogonal_loss()
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
+Without ``attach``, call ``ctl.step()`` once after each optimizer step instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from triadapt.allocator import Allocator, GrowthEvent, PlannedEvent
+from triadapt.config import TriAdaptConfig
+from triadapt.errors import TriAdaptError
+from triadapt.layer import AdapterLayer
+from triadapt.plugins.registry import Registry, registry as current_registry
+from triadapt.regularization import orthogonal_penalty
+from triadapt.targets import find_heads, find_targets, model_type
+
+
+def inject(model: nn.Module, config: TriAdaptConfig | None = None, *, registry: Registry | None = None) -> "Controller":
+    """Freeze ``model``, wrap its target layers with adapters in place and return their controller."""
+    config = config or TriAdaptConfig()
+    reg = registry or current_registry()
+    if any(isinstance(m, AdapterLayer) for m in model.modules()):
+        raise TriAdaptError("this model already holds TriAdapt adapters: call unload() before injecting again")
+    heads = find_heads(model, config.trainable_modules)
+    names = find_targets(model, config.target_modules, exclude=heads)
+    structure = reg.create("structure", config.structure, config)
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    for param in model.parameters():
+        param.requires_grad_(False)
+    layers: dict[str, AdapterLayer] = {}
+    for name in names:
+        base = model.get_submodule(name)
+        layer = AdapterLayer(base, structure, init_rank=config.init_rank, capacity=config.capacity,
+                             lora_alpha=config.lora_alpha, dropout=config.dropout, init_std=config.init_std,
+                             eps=config.eps, generator=generator)
+        layer.to(device=base.weight.device)
+        _replace(model, name, layer)
+        layers[name] = layer
+    for head in heads:
+        for param in model.get_submodule(head).parameters():
+            param.requires_grad_(True)
+    return Controller(model, config, layers, heads, reg)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+class Controller:
+    """Owns the adapters of one model: growth, regulariser, counts, merge, save and export."""
+
+    def __init__(self, model: nn.Module, config: TriAdaptConfig, layers: Mapping[str, AdapterLayer],
+                 heads: list[str], registry: Registry):
+        self.model, self.config, self.layers, self.heads = model, config, dict(layers), list(heads)
+        self.registry = registry
+        scorer = registry.create("scorer", config.scorer, config)
+        threshold = registry.create("threshold", config.threshold, config)
+        self.allocator = Allocator(self.layers, config, scorer, threshold)
+        scorer.initialize(self.layers)
+        self._hook: Any = None
+
+    # -- growth -----------------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        return self.allocator.step_count
+
+    @property
+    def events(self) -> list[GrowthEvent]:
+        return self.allocator.events
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {name: layer.rank for name, layer in self.layers.items()}
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Set T (trainers call this once they know it) and validate the schedule."""
+        self.config = self.config.replace(total_steps=int(total_steps))
+        self.allocator.config = self.config
+        self.allocator.validate_schedule()
+
+    def validate_schedule(self) -> list[PlannedEvent]:
+        """Raise if the growth schedule cannot work; return the expected events."""
+        self.allocator.validate_schedule()
+        return self.allocator.preview()
+
+    def step(self) -> GrowthEvent | None:
+        """Call once after every optimizer step (not per micro-batch). Returns the growth event, if any."""
+        if self._hook is not None:
+            raise TriAdaptError("this controller is attached to an optimizer, which already calls step(); "
+                                "do not call step() by hand as well")
+        return self._step()
+
+    def _step(self) -> GrowthEvent | None:
+        if self.allocator.step_count == 0:
+            self.allocator.validate_schedule()
+        event = self.allocator.step()
+        if event is not None:
+            context = {"step": event.step, "total_rank": self.allocator.total_rank(),
+                       "budget": self.allocator.initial_budget}
+            self.registry.notify_growth(event, self.ranks, context)
+        return event
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Run ``step()`` automatically after each ``optimizer.step()``."""
+        if self._hook is not None:
+            raise TriAdaptError("this controller is already attached to an optimizer")
+        self._hook = optimizer.register_step_post_hook(lambda *_: self._step())
+
+    def detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # -- training helpers -------------------------------------------------------------------------
+    def orthogonal_loss(self) -> Tensor:
+        """λ · mean ‖P − I‖_F over the 2M factors (Eq. 10); zero outside training mode or with λ = 0."""
+        if not self.model.training or self.config.orth_reg_weight == 0:
+            return torch.zeros((), device=self._device())
+        penalty = orthogonal_penalty(self.layers.values(), squared=self.config.orth_reg_squared)
+        return self.config.orth_reg_weight * penalty
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """trainable (all reserved adapter units + heads), reserved, active adapter and head counts."""
+        reserved = sum(p.numel() for layer in self.layers.values() for p in layer.units.parameters())
+        active = sum(p.numel() for layer in self.layers.values() for unit in layer.active_units()
+                     for p in unit.parameters())
+        head = sum(p.numel() for h in self.heads for p in self.model.get_submodule(h).parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        return {"trainable": trainable, "reserved_adapter": reserved, "active_adapter": active,
+                "heads": head, "total": total}
+
+    def _device(self) -> torch.device:
+        return next(iter(self.layers.values())).base_layer.weight.device
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Allocator state (step, ranks, scorer state, events) for exact resume."""
+        return {"allocator": self.allocator.state_dict(), "total_steps": self.config.total_steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("total_steps") is not None:
+            self.config = self.config.replace(total_steps=state["total_steps"])
+            self.allocator.config = self.config
+        self.allocator.load_state_dict(state["allocator"])
+
+    # -- merge / unload / persistence -------------------------------------------------------------
+    def merge(self) -> None:
+        for layer in self.layers.values():
+            layer.merge()
+
+    def unmerge(self) -> None:
+        for layer in self.layers.values():
+            layer.unmerge()
+
+    def unload(self, merge: bool = True) -> nn.Module:
+        """Put the plain base layers back (with ΔW merged in unless ``merge=False``); returns the model."""
+        for name, layer in self.layers.items():
+            if merge:
+                layer.merge()
+            else:
+                layer.unmerge()
+            _replace(self.model, name, layer.base_layer)
+        self.detach()
+        self.layers = {}
+        return self.model
+
+    def save(self, path: str) -> None:
+        from triadapt.persistence import save_adapter
+
+        save_adapter(self, path)
+
+    def export_peft(self, path: str, base_model_name_or_path: str | None = None) -> None:
+        from triadapt.peft_export import export_peft
+
+        export_peft(self, path, base_model_name_or_path=base_model_name_or_path)
+
+    @property
+    def model_type(self) -> str | None:
+        return model_type(self.model)

@@ -1,0 +1,10 @@
+"""Plugin system: hook specifications, named strategy specs and the registry."""
+
+from triadapt.plugins.hookspecs import hookimpl, hookspec
+from triadapt.plugins.registry import ENTRY_POINT_GROUP, PluginInfo, Registry, registry, use_registry
+from triadapt.plugins.specs import ScorerSpec, StructureSpec, ThresholdSpec
+
+__all__ = [
+    "ENTRY_POINT_GROUP", "PluginInfo", "Registry", "ScorerSpec", "StructureSpec", "ThresholdSpec",
+    "hookimpl", "hookspec", "registry", "use_registry",
+]

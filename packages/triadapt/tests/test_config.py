@@ -1,0 +1,56 @@
+"""Invalid configurations are rejected on construction, naming field, value and what is valid."""
+
+import json
+
+import pytest
+
+from triadapt import ConfigError, TriAdaptConfig, UnknownStrategyError
+
+INVALID = [
+    ({"scorer": "gradnorm"}, "scorer='gradnorm'", "fnorm, fnorm-raw, fnorm-sqrt"),
+    ({"threshold": "cubic"}, "threshold='cubic'", "fixed, linear, none, nonlinear"),
+    ({"structure": "diagonal"}, "structure='diagonal'", "lora, triangular"),
+    ({"init_rank": 0}, "init_rank=0", ">= 1"),
+    ({"rank_increment": -1}, "rank_increment=-1", ">= 1"),
+    ({"ref_rank": 2.5}, "ref_rank=2.5", "integer"),
+    ({"warmup_steps": -3}, "warmup_steps=-3", ">= 0"),
+    ({"growth_interval": 0}, "growth_interval=0", ">= 1"),
+    ({"total_steps": 50, "warmup_steps": 100}, "total_steps=50", "> warmup_steps (100)"),
+    ({"rounding": "round"}, "rounding='round'", "ceil, floor"),
+    ({"threshold": "fixed"}, "fixed_k=None", "fixed_k >= 1"),
+    ({"dropout": 1.5}, "dropout=1.5", "[0, 1)"),
+    ({"init_std": 0.0}, "init_std=0.0", "> 0"),
+    ({"max_rank": 2, "init_rank": 4}, "max_rank=2", ">= init_rank (4)"),
+    ({"lora_alpha": "16"}, "lora_alpha='16'", "number"),
+    ({"orth_reg_weight": -0.1}, "orth_reg_weight=-0.1", ">= 0"),
+    ({"target_modules": []}, "target_modules=[]", "non-empty list"),
+    ({"target_modules": "query("}, "target_modules='query('", "regular expression"),
+    ({"total_budget": 0}, "total_budget=0", ">= 1"),
+    ({"init_rank": True}, "init_rank=True", "integer"),
+]
+
+
+@pytest.mark.parametrize("kwargs,names,valid", INVALID, ids=[next(iter(k)) + str(i) for i, (k, _, _) in
+                                                             enumerate(INVALID)])
+def test_invalid_config_names_field_value_and_valid(kwargs, names, valid):
+    with pytest.raises((ConfigError, UnknownStrategyError)) as info:
+        TriAdaptConfig(**kwargs)
+    message = str(info.value)
+    assert names in message and valid in message
+    assert "\n" not in message
+
+
+def test_unknown_field_in_dict_is_named():
+    with pytest.raises(ConfigError, match="lr=0.1 is invalid: is not a TriAdaptConfig field"):
+        TriAdaptConfig.from_dict({"lr": 0.1})
+
+
+def test_round_trips_through_json():
+    config = TriAdaptConfig(target_modules=["query"], total_steps=5000, threshold="fixed", fixed_k=2)
+    assert TriAdaptConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_capacity_defaults():
+    assert TriAdaptConfig().capacity == 16
+    assert TriAdaptConfig(threshold="none", init_rank=8).capacity == 8
+    assert TriAdaptConfig(max_rank=5).capacity == 5

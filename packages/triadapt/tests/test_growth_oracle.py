@@ -1,0 +1,143 @@
+"""Static storage vs an oracle that appends real new tensors to AdamW at each growth.
+
+The oracle is what the paper describes (Eq. 6-9): at a growth by g of a matrix at rank r0 it
+creates A_new (g×n), B_new (d×g), L_down (g×r0), L_aug (g×g, lower), U_up (r0×g), U_aug (g×g,
+upper) as new parameters and registers them with the optimizer (fresh moments and step
+count), while old tensors keep their state. Static storage must match it to 1e-6.
+Both run in float64 so that the comparison measures semantics, not float32 rounding (Adam's
+normalisation amplifies last-bit differences of near-zero gradients).
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from triadapt import TriAdaptConfig, inject
+from triadapt.testing.models import ToyModel, toy_batch
+
+
+class OracleLinear(nn.Module):
+    """ΔW = B(L+U)A assembled from blocks that are appended at each growth."""
+
+    def __init__(self, base, snapshot, alpha, eps, triangular):
+        super().__init__()
+        self.base, self.snapshot, self.alpha, self.eps, self.triangular = base, snapshot, alpha, eps, triangular
+        self.blocks = []  # (r0, g, dict of Parameters)
+        self.rank = 0
+
+    def grow(self, g):
+        r0, units = self.rank, self.snapshot[self.rank:self.rank + g]
+        block = {"A": torch.stack([u["a"] for u in units]), "B": torch.stack([u["b"] for u in units], 1)}
+        if self.triangular:
+            block["L_down"] = torch.stack([u["l"][:r0] for u in units]) if r0 else torch.zeros(g, 0)
+            block["U_up"] = torch.stack([u["u"][:r0] for u in units], 1) if r0 else torch.zeros(0, g)
+            block["L_aug"], block["U_aug"] = torch.zeros(g, g), torch.zeros(g, g)
+            for j, u in enumerate(units):
+                block["L_aug"][j, : j + 1] = u["l"][r0:]
+                block["U_aug"][: j + 1, j] = u["u"][r0:]
+        params = {k: nn.Parameter(v.clone()) for k, v in block.items()}
+        self.blocks.append((r0, g, params))
+        self.rank += g
+        return [p for p in params.values() if p.numel()]
+
+    def factors(self):
+        r = self.rank
+        A = torch.cat([p["A"] for _, _, p in self.blocks])  # (r, n)
+        B = torch.cat([p["B"] for _, _, p in self.blocks], 1)  # (d, r)
+        if not self.triangular:
+            return A, B, torch.eye(r)
+        L, U = torch.zeros(r, r), torch.zeros(r, r)
+        for r0, g, p in self.blocks:
+            L = L.index_put((torch.arange(r0, r0 + g)[:, None], torch.arange(r0)[None, :]), p["L_down"])
+            L = L.index_put((torch.arange(r0, r0 + g)[:, None], torch.arange(r0, r0 + g)[None, :]),
+                            torch.tril(p["L_aug"]))
+            U = U.index_put((torch.arange(r0)[:, None], torch.arange(r0, r0 + g)[None, :]), p["U_up"])
+            U = U.index_put((torch.arange(r0, r0 + g)[:, None], torch.arange(r0, r0 + g)[None, :]),
+                            torch.triu(p["U_aug"]))
+        return A, B, L + U
+
+    def forward(self, x):
+        A, B, D = self.factors()
+        return self.base(x) + self.alpha / (self.rank + self.eps) * (x @ (B @ D @ A).T)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def build_pair(structure, increment, seed=0):
+    config = TriAdaptConfig(structure=structure, target_modules=ToyModel.targets, warmup_steps=3,
+                            growth_interval=3, total_steps=24, ref_rank=4, max_rank=7, init_rank=1,
+                            rank_increment=increment, seed=seed, orth_reg_weight=0.0)
+    oracle_model = ToyModel()
+    ctl = inject(ToyModel(), config)
+    oracles = {}
+    for name, layer in ctl.layers.items():
+        snapshot = [{k: v.detach().clone() for k, v in u.named_parameters()} for u in layer.units]
+        base = copy.deepcopy(layer.base_layer)
+        oracle = OracleLinear(base, snapshot, config.lora_alpha, config.eps, structure == "triangular")
+        parent, _, child = name.rpartition(".")
+        setattr(oracle_model.get_submodule(parent), child, oracle)
+        oracles[name] = oracle
+    for p in oracle_model.parameters():
+        p.requires_grad_(False)
+    oracle_model.classifier.load_state_dict(ctl.model.classifier.state_dict())
+    oracle_model.classifier.requires_grad_(True)
+    return ctl, oracle_model, oracles
+
+
+@pytest.mark.parametrize("structure", ["triangular", "lora"])
+@pytest.mark.parametrize("increment", [1, 2])
+def test_static_storage_matches_appending_oracle(structure, increment):
+    ctl, oracle_model, oracles = build_pair(structure, increment)
+    hyper = dict(lr=2e-2, weight_decay=0.05, betas=(0.9, 0.999))
+    opt_static = torch.optim.AdamW(list(ctl.trainable_parameters()), **hyper)
+    ctl.attach(opt_static)
+    initial = [p for o in oracles.values() for p in o.grow(1)]
+    opt_oracle = torch.optim.AdamW(initial + list(oracle_model.classifier.parameters()), **hyper)
+
+    for step in range(24):
+        x, y = toy_batch(seed=step)
+        loss_s = nn.functional.cross_entropy(ctl.model(x), y)
+        loss_o = nn.functional.cross_entropy(oracle_model(x), y)
+        torch.testing.assert_close(loss_s, loss_o, rtol=0, atol=1e-6)
+        loss_s.backward()
+        loss_o.backward()
+        opt_static.step()  # the attached controller may grow here
+        opt_oracle.step()
+        opt_static.zero_grad()
+        opt_oracle.zero_grad()
+        if ctl.events and ctl.events[-1].step == step + 1:
+            for name, amount in ctl.events[-1].grown.items():
+                opt_oracle.add_param_group({"params": oracles[name].grow(amount)})
+
+    assert len(ctl.events) >= 3, "the schedule must contain several growth events"
+    assert len(set(ctl.ranks.values())) > 1, "ranks should end unequal"
+    for name, layer in ctl.layers.items():
+        assert layer.rank == oracles[name].rank
+        A, B, D = oracles[name].factors()
+        f = layer.factors()
+        torch.testing.assert_close(f.down, A, rtol=0, atol=1e-6)
+        torch.testing.assert_close(f.up, B, rtol=0, atol=1e-6)
+        if f.core is not None:
+            torch.testing.assert_close(f.core, D, rtol=0, atol=1e-6)
+    x = toy_batch(seed=99)[0]
+    torch.testing.assert_close(ctl.model(x), oracle_model(x), rtol=0, atol=1e-6)
+
+
+def test_inactive_units_untouched_by_weight_decay():
+    ctl, _, _ = build_pair("triangular", 1)
+    before = {n: l.units[-1].a.detach().clone() for n, l in ctl.layers.items()}
+    opt = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=0.1, weight_decay=0.5)
+    x, y = toy_batch()
+    nn.functional.cross_entropy(ctl.model(x), y).backward()
+    opt.step()
+    for name, layer in ctl.layers.items():
+        assert torch.equal(layer.units[-1].a, before[name])
+        assert layer.units[-1].a not in opt.state

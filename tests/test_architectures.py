@@ -1,0 +1,64 @@
+"""Default target sets on tiny random DeBERTa-v2 (v3-style) and GPT-2 models: injection trains."""
+
+import pytest
+import torch
+from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config,
+                          GPT2ForSequenceClassification)
+
+from triadapt import TriAdaptConfig, inject
+
+
+def deberta():
+    config = DebertaV2Config(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                             max_relative_positions=-1, position_buckets=32, num_labels=2)
+    return DebertaV2ForSequenceClassification(config), 6
+
+
+def gpt2():
+    config = GPT2Config(vocab_size=200, n_embd=64, n_layer=2, n_head=4, n_positions=64, num_labels=2,
+                        pad_token_id=0)
+    return GPT2ForSequenceClassification(config), 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+
+
+@pytest.mark.parametrize("factory", [deberta, gpt2], ids=["deberta-v2", "gpt2"])
+def test_default_targets_train_and_grow(factory):
+    torch.manual_seed(0)
+    model, per_layer = factory()
+    ctl = inject(model, TriAdaptConfig(warmup_steps=2, growth_interval=2, total_steps=20, ref_rank=2, seed=0))
+    assert len(ctl.layers) == 2 * per_layer
+    assert ctl.heads in (["classifier"], ["score"])
+    ids = torch.randint(1, 200, (8, 12), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * 4)
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2)
+    ctl.attach(optimizer)
+    losses = []
+    for _ in range(20):
+        loss = model(input_ids=ids, labels=labels).loss
+        (loss + ctl.orthogonal_loss()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert ctl.events and ctl.allocator.total_rank() == ctl.allocator.initial_budget
+
+
+def test_gpt2_conv1d_peft_export_matches(tmp_path):
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    model, _ = gpt2()
+    fresh = GPT2ForSequenceClassification(model.config)
+    fresh.load_state_dict(model.state_dict())
+    ctl = inject(model, TriAdaptConfig(init_rank=2, threshold="none", seed=0))
+    with torch.no_grad():
+        for layer in ctl.layers.values():
+            for unit in layer.units:
+                unit.b.normal_(std=0.05)
+    model.eval()
+    ids = torch.randint(1, 200, (2, 10))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        ctl.export_peft(tmp_path)
+        peft_model = PeftModel.from_pretrained(fresh, tmp_path).eval()
+        torch.testing.assert_close(peft_model(input_ids=ids).logits, reference, rtol=0, atol=1e-5)
