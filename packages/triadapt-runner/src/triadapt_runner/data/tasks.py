@@ -1,0 +1,87 @@
+"""The task registry: what each task's data looks like and how it is scored.
+
+Kinds: ``single`` (one text, classification), ``pair`` (two texts, classification),
+``regression`` (two texts, a score). The 8 GLUE tasks of the paper are declared with their
+hub names, the official TSV layout of the GLUE download, and their metrics; two built-in
+offline datasets are declared too. ``custom`` reads any CSV/JSON/Parquet file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GlueLayout:
+    """One task folder of the official GLUE download (``glue_data/<folder>/{train,dev}.tsv``)."""
+
+    folder: str
+    text: str | int  # column name (files with a header) or index (CoLA has none)
+    label: str | int
+    pair: str | int | None = None
+    header: bool = True
+    dev_file: str = "dev.tsv"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str  # single | pair | regression
+    num_labels: int  # 1 for regression
+    metrics: tuple[str, ...]
+    main_metric: str
+    hub: tuple[str, str] | None = None  # (dataset path, config name) on the Hugging Face hub
+    label_names: tuple[str, ...] = ()  # for string labels in files: index = label id
+    glue: GlueLayout | None = None
+    builtin: str | None = None
+    description: str = ""
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "regression"
+
+
+NLI3 = ("entailment", "neutral", "contradiction")
+NLI2 = ("entailment", "not_entailment")
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("cola", "single", 2, ("matthews",), "matthews", ("nyu-mll/glue", "cola"),
+             glue=GlueLayout("CoLA", text=3, label=1, header=False), description="CoLA acceptability"),
+    TaskSpec("sst2", "single", 2, ("accuracy",), "accuracy", ("nyu-mll/glue", "sst2"),
+             glue=GlueLayout("SST-2", text="sentence", label="label"), description="SST-2 sentiment"),
+    TaskSpec("mrpc", "pair", 2, ("accuracy", "f1"), "accuracy", ("nyu-mll/glue", "mrpc"),
+             glue=GlueLayout("MRPC", text="#1 String", pair="#2 String", label="Quality"),
+             description="MRPC paraphrase"),
+    TaskSpec("qqp", "pair", 2, ("accuracy", "f1"), "accuracy", ("nyu-mll/glue", "qqp"),
+             glue=GlueLayout("QQP", text="question1", pair="question2", label="is_duplicate"),
+             description="QQP duplicate questions"),
+    TaskSpec("stsb", "regression", 1, ("pearson", "spearman"), "pearson", ("nyu-mll/glue", "stsb"),
+             glue=GlueLayout("STS-B", text="sentence1", pair="sentence2", label="score"),
+             description="STS-B similarity (0-5)"),
+    TaskSpec("mnli", "pair", 3, ("accuracy",), "accuracy", ("nyu-mll/glue", "mnli"), label_names=NLI3,
+             glue=GlueLayout("MNLI", text="sentence1", pair="sentence2", label="gold_label",
+                             dev_file="dev_matched.tsv"),
+             description="MNLI entailment (matched dev)",
+             splits={"train": "train", "validation": "validation_matched"}),
+    TaskSpec("qnli", "pair", 2, ("accuracy",), "accuracy", ("nyu-mll/glue", "qnli"), label_names=NLI2,
+             glue=GlueLayout("QNLI", text="question", pair="sentence", label="label"),
+             description="QNLI question entailment"),
+    TaskSpec("rte", "pair", 2, ("accuracy",), "accuracy", ("nyu-mll/glue", "rte"), label_names=NLI2,
+             glue=GlueLayout("RTE", text="sentence1", pair="sentence2", label="label"),
+             description="RTE entailment"),
+    TaskSpec("rotten_tomatoes", "single", 2, ("accuracy", "f1"), "accuracy", builtin="rotten_tomatoes",
+             description="built-in: Rotten Tomatoes fresh/rotten (offline)"),
+    TaskSpec("drug_reviews", "single", 3, ("accuracy", "macro_f1"), "accuracy", builtin="drug_reviews",
+             description="built-in: drug reviews, 3 classes (offline)"),
+]}
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+
+
+def custom_task(kind: str, num_labels: int) -> TaskSpec:
+    """A task over user files; metrics follow the kind."""
+    if kind == "regression":
+        return TaskSpec("custom", "regression", 1, ("pearson", "spearman"), "pearson")
+    metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy", "macro_f1")
+    return TaskSpec("custom", kind, num_labels, metrics, "accuracy")

@@ -1,0 +1,48 @@
+"""The final rank heatmap (layers × module kinds, like the paper's Figure 2)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+LAYER = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
+
+
+def rank_grid(ranks: dict[str, int]) -> tuple[list[int], list[str], list[list[int | None]]]:
+    """(layer indices, module kinds, ranks[layer][kind]) from module names like ``encoder.layer.3.attention.self.query``."""
+    cells: dict[tuple[int, str], int] = {}
+    for name, rank in ranks.items():
+        match = LAYER.match(name)
+        layer, kind = (int(match.group(2)), match.group(3)) if match else (0, name)
+        cells[(layer, kind)] = rank
+    layers = sorted({layer for layer, _ in cells})
+    kinds = list(dict.fromkeys(kind for _, kind in cells))
+    return layers, kinds, [[cells.get((layer, kind)) for kind in kinds] for layer in layers]
+
+
+def rank_heatmap(ranks: dict[str, int], path: str | Path, title: str = "final ranks") -> Path:
+    layers, kinds, grid = rank_grid(ranks)
+    values = [[float("nan") if v is None else v for v in row] for row in grid]
+    fig, ax = plt.subplots(figsize=(1.1 * len(kinds) + 2, 0.45 * len(layers) + 1.6))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(kinds)), [k.replace("attention.", "attn.") for k in kinds], rotation=35, ha="right")
+    ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers])
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if value is not None:
+                ax.text(j, i, str(value), ha="center", va="center", color="white", fontsize=8)
+    colorbar = fig.colorbar(image, ax=ax, label="rank")
+    colorbar.locator = MaxNLocator(integer=True)
+    colorbar.update_ticks()
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,105 @@
+"""Bad input gets one line on stderr naming what is wrong, and exit code 2; nothing computed is lost."""
+
+import pytest
+
+from conftest import TINY, write_yaml
+from triadapt_runner.cli import main
+
+GOOD = {"name": "g", "base": {"task": "rotten_tomatoes", **TINY},
+        "axes": [{"product": {"adapter.threshold": ["linear"]}}], "seeds": [0]}
+
+
+def grid_with(**changes):
+    return {**GOOD, **changes}
+
+
+CASES = [
+    ("yaml-syntax", "name: g\naxes: [\n", r"invalid YAML at line \d+"),
+    ("top-level-key", grid_with(sweep=1), "top-level key 'sweep' is invalid: valid keys are"),
+    ("unknown-axis", grid_with(axes=[{"product": {"adapter.rnak": [1]}}]), "axis 'adapter.rnak' is invalid"),
+    ("unknown-task", grid_with(base={"task": "imdb"}), "data.task='imdb' is invalid: known tasks are cola,"),
+    ("negative-epochs", grid_with(base={"train": {"epochs": -1}}), "train.epochs=-1 is invalid: must be a positive"),
+    ("zip-lengths", grid_with(axes=[{"zip": {"method": ["a", "b"], "adapter.init_rank": [1]}}]),
+     r"axes\[0\].zip lists must have equal lengths"),
+    ("duplicate-seeds", grid_with(seeds=[1, 1]), r"seeds=\[1, 1\] is invalid: duplicate seeds"),
+    ("seed-not-int", grid_with(seeds=["one"]), "seeds=\\['one'\\] is invalid: give a non-empty list of integers"),
+    ("unknown-scorer", grid_with(axes=[{"product": {"adapter.scorer": ["grad"]}}]),
+     "adapter.scorer='grad' is unknown: available scorers are fnorm, fnorm-raw, fnorm-sqrt"),
+    ("bad-rounding", grid_with(base={"adapter": {"rounding": "up"}}), "adapter.rounding='up' is invalid"),
+    ("learning-rate-string", grid_with(base={"train": {"learning_rate": "fast"}}),
+     "train.learning_rate='fast' is invalid"),
+    ("unknown-section-key", grid_with(base={"train": {"epoch": 2}}), "train.epoch=2 is invalid: unknown key"),
+    ("bad-kind", grid_with(base={"data": {"task": "custom", "train_file": "a.csv", "validation_file": "a.csv",
+                                          "kind": "multi"}}), "data.kind='multi' is invalid"),
+    ("max-length", grid_with(base={"data": {"max_length": 2}}), "data.max_length=2 is invalid"),
+    ("fp16", grid_with(base={"train": {"mixed_precision": "fp16"}}), "train.mixed_precision='fp16' is invalid"),
+    ("seed-axis", grid_with(axes=[{"product": {"train.seed": [1, 2]}}]), "list seeds under the top-level 'seeds'"),
+    ("missing-data-file", grid_with(base={"data": {"task": "custom", "train_file": "nope.csv",
+                                                    "validation_file": "nope.csv"}}),
+     "data.train_file='nope.csv' is invalid: no such file"),
+]
+
+
+@pytest.mark.parametrize("name,grid,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_grid(name, grid, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "grid.yaml"
+    if isinstance(grid, str):
+        path.write_text(grid)
+    else:
+        write_yaml(path, grid)
+    assert main(["ablate", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("triadapt: error: ")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_wrong_column_in_data_file(tmp_path, capsys):
+    data = tmp_path / "reviews.csv"
+    data.write_text("review,stars\ngood,1\nbad,0\n")
+    grid = write_yaml(tmp_path / "g.yaml", grid_with(base={"data": {
+        "task": "custom", "train_file": str(data), "validation_file": str(data), "text_column": "review"}}))
+    assert main(["ablate", str(grid), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "data.label_column='label' is invalid: " in capsys.readouterr().err
+
+
+def test_missing_grid_file_and_bad_set(tmp_path, capsys):
+    assert main(["ablate", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: grid file not found" in capsys.readouterr().err
+    assert main(["train", "--set", "train.epochs"]) == 2
+    assert "--set 'train.epochs' is invalid: use KEY=VALUE" in capsys.readouterr().err
+    assert main(["data", "fetch", "imdb"]) == 2
+    assert "dataset='imdb' is not built in" in capsys.readouterr().err
+
+
+def test_compare_unknown_grid(tmp_path, capsys):
+    assert main(["compare", "--grid", "nope", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert "grid='nope' is invalid: no grid of that name" in capsys.readouterr().err
+
+
+def test_unknown_command_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fly"])
+    assert info.value.code == 2
+
+
+def test_failed_cell_does_not_stop_the_grid_unless_fail_fast(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    grid = grid_with(name="partial", axes=[{"zip": {"method": ["broken", "fine"],
+                                                      "adapter.warmup_steps": [1000, 1],
+                                                      "adapter.growth_interval": [1000, 1]}}])
+    path = write_yaml(tmp_path / "g.yaml", grid)
+    assert main(["ablate", str(path), "--tracking-uri", uri, "--no-progress", "--fail-fast"]) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out and "adapter.total_steps=3 is invalid: must be > warmup_steps (1000)" in out and "fine" not in out
+    assert main(["ablate", str(path), "--tracking-uri", uri, "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "1 failed, 1 finished" in out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("triadapt").experiment_id],
+                              "tags.`triadapt.role` = 'cell'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]  # the finished run is kept

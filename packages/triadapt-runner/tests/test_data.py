@@ -1,0 +1,117 @@
+"""Data loading: GLUE local layout, user files, built-in datasets, deterministic splits."""
+
+import json
+
+import pytest
+
+from glue_fixtures import S1, S2, write_glue
+from triadapt_runner.config import DataConfig
+from triadapt_runner.data import builtin
+from triadapt_runner.data.loading import load_task
+from triadapt_runner.errors import RunnerError
+
+EXPECTED_TRAIN_FIRST = {
+    "cola": {"text": "Our friends won't buy this analysis.", "label": 1},
+    "sst2": {"text": "hide new secretions from the parental units ", "label": 0},
+    "mrpc": {"text": S1, "text_pair": S2, "label": 1},
+    "qqp": {"text": "How is life?", "text_pair": "What is life?", "label": 0},
+    "stsb": {"text": "A plane is taking off.", "text_pair": "An air plane is taking off.", "label": 5.0},
+    "mnli": {"text": S1, "text_pair": S2, "label": 1},  # neutral = 1 in the hub's label order
+    "qnli": {"text": "When?", "text_pair": "In 1990.", "label": 0},
+    "rte": {"text": S1, "text_pair": S2, "label": 1},  # not_entailment = 1
+}
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED_TRAIN_FIRST))
+def test_glue_local_layout(task, tmp_path):
+    spec, splits = load_task(DataConfig(task=task, glue_dir=str(write_glue(tmp_path))))
+    assert splits["train"][0] == EXPECTED_TRAIN_FIRST[task]
+    assert len(splits["validation"]) >= 1 and spec.name == task
+
+
+def test_glue_dev_labels_and_quotes(tmp_path):
+    root = write_glue(tmp_path)
+    _, mnli = load_task(DataConfig(task="mnli", glue_dir=str(root)))
+    assert mnli["validation"][0]["label"] == 2  # contradiction, from gold_label of dev_matched.tsv
+    _, sst2 = load_task(DataConfig(task="sst2", glue_dir=str(root)))
+    assert sst2["train"][1]["text"] == S1  # a literal quote survives (no CSV quoting in GLUE files)
+    _, stsb = load_task(DataConfig(task="stsb", glue_dir=str(root)))
+    assert stsb["validation"][0]["label"] == pytest.approx(0.5)
+
+
+def test_glue_missing_file_is_named(tmp_path):
+    root = write_glue(tmp_path)
+    (root / "RTE" / "dev.tsv").unlink()
+    with pytest.raises(RunnerError, match=r"RTE/dev.tsv: not found; the GLUE layout for 'rte'"):
+        load_task(DataConfig(task="rte", glue_dir=str(root)))
+
+
+def test_glue_bad_label_names_line(tmp_path):
+    root = write_glue(tmp_path)
+    (root / "QNLI" / "train.tsv").write_text("index\tquestion\tsentence\tlabel\n0\tq\ts\tmaybe\n")
+    with pytest.raises(RunnerError, match=r"QNLI/train.tsv:2: malformed row \(label 'maybe' is not one of"):
+        load_task(DataConfig(task="qnli", glue_dir=str(root)))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_custom_files_with_column_mapping(fmt, tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"review": ["good", "bad", "fine"], "stars": [1, 0, 2], "other": [0, 0, 0]})
+    paths = {}
+    for split in ("train", "validation"):
+        paths[split] = tmp_path / f"{split}.{fmt}"
+        {"csv": lambda p: frame.to_csv(p, index=False), "json": lambda p: frame.to_json(p, orient="records",
+                                                                                       lines=True),
+         "parquet": lambda p: frame.to_parquet(p)}[fmt](paths[split])
+    spec, splits = load_task(DataConfig(task="custom", train_file=str(paths["train"]),
+                                        validation_file=str(paths["validation"]), text_column="review",
+                                        label_column="stars"))
+    assert splits["train"][1] == {"text": "bad", "label": 0}
+    assert spec.num_labels == 3 and spec.metrics == ("accuracy", "macro_f1")
+
+
+def test_custom_wrong_column_lists_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("review,stars\ngood,1\n")
+    with pytest.raises(RunnerError, match="data.label_column='label' is invalid: .*t.csv has columns review, stars"):
+        load_task(DataConfig(task="custom", train_file=str(path), validation_file=str(path), text_column="review"))
+
+
+def test_builtin_rotten_tomatoes_is_real_and_split_deterministically():
+    path = builtin.fetch("rotten_tomatoes")
+    assert builtin._sha256(path.read_bytes()) == builtin.SOURCES["rotten_tomatoes"].sha256
+    rows = builtin.read_rotten_tomatoes(path)
+    assert len(rows) == 12808 and sum(r["label"] for r in rows) == 7403
+    first = load_task(DataConfig(task="rotten_tomatoes", max_train_samples=5))[1]
+    second = load_task(DataConfig(task="rotten_tomatoes", max_train_samples=5))[1]
+    assert first["train"].to_list() == second["train"].to_list()
+    assert len(first["validation"]) == 1281
+
+
+def test_builtin_drug_reviews():
+    spec, splits = load_task(DataConfig(task="drug_reviews"))
+    assert (len(splits["train"]), len(splits["validation"]), spec.num_labels) == (600, 379, 3)
+    assert sorted(set(splits["train"]["label"])) == [0, 1, 2]
+
+
+def test_corrupted_cache_is_refetched(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIADAPT_CACHE", str(tmp_path))
+    target = builtin.cached_path("drug_reviews")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not the file")
+    assert builtin.fetch("drug_reviews") == target
+    assert builtin._sha256(target.read_bytes()) == builtin.SOURCES["drug_reviews"].sha256
+
+
+def test_unknown_builtin():
+    with pytest.raises(RunnerError, match="dataset='imdb' is not built in: built-in datasets are drug_reviews, "
+                                          "rotten_tomatoes"):
+        builtin.fetch("imdb")
+
+
+def test_task_declarations_cover_the_paper():
+    from triadapt_runner.data.tasks import GLUE_TASKS, TASKS
+
+    assert {TASKS[t].main_metric for t in GLUE_TASKS} == {"accuracy", "matthews", "pearson"}
+    assert json.dumps([TASKS[t].hub for t in GLUE_TASKS])  # every GLUE task names its hub dataset

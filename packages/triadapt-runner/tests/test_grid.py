@@ -1,0 +1,56 @@
+"""Grid expansion: product and zip axes, seeds, deterministic cell ids; the shipped grids parse."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+from triadapt_runner.grid import load_grid, parse_grid
+
+ABLATIONS = Path(__file__).resolve().parents[3] / "benchmarks" / "ablations"
+
+
+def test_product_zip_and_seeds_expand():
+    spec = parse_grid({"name": "g", "base": {"task": "rotten_tomatoes", **TINY},
+                       "axes": [{"product": {"task": ["rotten_tomatoes", "drug_reviews"]}},
+                                {"zip": {"method": ["a", "b", "c"], "adapter.init_rank": [1, 2, 3]}}],
+                       "seeds": [0, 1]})
+    cells = spec.cells()
+    assert len(cells) == 2 * 3 * 2
+    assert [(c.task, c.method, c.config.adapter["init_rank"], c.seed) for c in cells[:3]] == [
+        ("rotten_tomatoes", "a", 1, 0), ("rotten_tomatoes", "a", 1, 1), ("rotten_tomatoes", "b", 2, 0)]
+    assert len({c.id for c in cells}) == 12
+
+
+def test_cell_ids_are_deterministic_and_follow_the_config():
+    grid = {"name": "g", "base": {"task": "rotten_tomatoes"}, "seeds": [0, 1]}
+    first, again = parse_grid(grid).cells(), parse_grid(grid).cells()
+    assert [c.id for c in first] == [c.id for c in again]
+    changed = parse_grid({**grid, "base": {"task": "rotten_tomatoes", "train": {"epochs": 2}}}).cells()
+    assert {c.id for c in changed}.isdisjoint(c.id for c in first)
+    assert parse_grid(grid).spec_hash != parse_grid({**grid, "seeds": [0]}).spec_hash
+
+
+@pytest.mark.parametrize("path", sorted(ABLATIONS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grids_parse(path):
+    spec = load_grid(path)
+    assert spec.cells() and len(spec.seeds) == 3
+
+
+def test_paper_glue_recipes_follow_table_v():
+    spec = load_grid(ABLATIONS / "paper-glue-rte.yaml")
+    cell = next(c for c in spec.cells() if c.method == "TriAdaptLoRA linear")
+    assert (cell.config.train.epochs, cell.config.train.learning_rate, cell.config.data.max_length) == (50, 1.2e-3, 320)
+    assert cell.config.adapter["orth_reg_weight"] == 0.3 and cell.config.adapter["warmup_steps"] == 100
+    assert {load_grid(p).base["task"] for p in ABLATIONS.glob("paper-glue-*.yaml")} == {
+        "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
+
+
+def test_tracking_uri_defaults(monkeypatch, tmp_path):
+    from triadapt_runner.tracking import default_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert default_tracking_uri() == "http://127.0.0.1:5999"
