@@ -43,6 +43,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Step-time benchmark against peft LoRA on MiniLM (CPU); writes benchmarks/perf/results/."""
-    install(session)
-    session.run("python", "benchmarks/perf/step_time.py", *session.posargs, env={**OFFLINE, **os.environ})
+    """Benchmarks against peft on MiniLM (CPU); writes benchmarks/perf/results/."""
+    install(session, "-e", "plugins/triadapt-sensitivity")
+    env = {**OFFLINE, **os.environ}
+    session.run("python", "benchmarks/perf/step_time.py", env=env)
+    session.run("python", "benchmarks/perf/scorer_overhead.py", env=env)

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 import torch
 
-from triadapt import PluginError, Registry, ScorerSpec, TriAdaptConfig, hookimpl, inject
+from triadapt import PluginError, Registry, ScorerSpec, StructureSpec, TriAdaptConfig, hookimpl, inject
 from triadapt.plugins.registry import use_registry
 from triadapt.scorers import Scorer
 from triadapt.testing.conformance import train
@@ -159,3 +159,48 @@ def test_selection_by_name_not_hook_order(register_plugin, bare_registry):
     ctl = inject(ToyModel(), config(scorer="fnorm"))
     assert ctl.allocator.scorer.name == "fnorm"
     assert torch.is_tensor(ctl.orthogonal_loss())
+
+
+class DiagonalStructure:
+    """ΔW = B diag(s) A: a third-party structure with its own unit parameters (a, b, s)."""
+
+    name = "diagonal"
+
+    def unit_shapes(self, index, in_features, out_features):
+        return {"a": (in_features,), "b": (out_features,), "s": (1,)}
+
+    def assemble(self, units):
+        from triadapt.structures import Factors
+
+        down = torch.stack([u["a"] for u in units])  # (r, n)
+        up = torch.stack([u["b"] for u in units], dim=1)  # (d, r)
+        return Factors(down=down, up=up, core=torch.diag(torch.cat([u["s"] for u in units])))  # (r, r)
+
+
+class StructurePlugin:
+    @hookimpl
+    def triadapt_structures(self):
+        from triadapt.structures import Structure
+
+        cls = type("Diagonal", (DiagonalStructure, Structure), {})
+        return [StructureSpec("diagonal", lambda cfg: cls())]
+
+
+@pytest.fixture
+def with_diagonal(register_plugin):
+    register_plugin(StructurePlugin(), name="diagonal-plugin")
+
+
+from triadapt.testing.conformance import StructureConformance  # noqa: E402
+
+
+@pytest.mark.usefixtures("with_diagonal")
+class TestInlineStructureConformance(StructureConformance):
+    structure = "diagonal"
+
+
+def test_inline_structure_trains_by_name(with_diagonal):
+    ctl = inject(ToyModel(), config(structure="diagonal"))
+    losses = train(ctl, 9)
+    assert ctl.events and losses[-1] < losses[0]
+    assert "s" in dict(ctl.layers["blocks.0.query"].units[0].named_parameters())

@@ -93,13 +93,13 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
                     accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
+                if accelerator.sync_gradients:  # an optimizer step happened: grow (gradients still present)
+                    step += 1
+                    event = ctl.step()
+                    bar.update(1)
+                    if log and (step % cfg.train.log_every == 0 or event is not None or step == total_steps):
+                        log(_step_metrics(loss, scheduler, ctl), step)
                 optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                step += 1
-                event = ctl.step()
-                bar.update(1)
-                if log and (step % cfg.train.log_every == 0 or event is not None or step == total_steps):
-                    log(_step_metrics(loss, scheduler, ctl), step)
         scores = evaluate(model, eval_loader, task, accelerator)
         history.append({"epoch": epoch, **scores})
         if log:

@@ -51,6 +51,7 @@ class Allocator:
         self.order = {name: i for i, name in enumerate(self.layers)}
         self.config, self.scorer, self.threshold = config, scorer, threshold
         self.initial_budget = config.budget(len(self.layers))
+        self.initial_total_rank = self.total_rank()
         self.step_count = 0
         self.events: list[GrowthEvent] = []
         self.check_budget()
@@ -78,7 +79,8 @@ class Allocator:
     def context(self, step: int, remaining: int, growable: int) -> GrowthContext:
         return GrowthContext(step=step, warmup_steps=self.config.warmup_steps, total_steps=self.config.total_steps,
                              remaining_budget=remaining, initial_budget=self.initial_budget, growable=growable,
-                             rounding=self.config.rounding)
+                             rounding=self.config.rounding, initial_total_rank=self.initial_total_rank,
+                             rank_increment=self.config.rank_increment)
 
     def validate_schedule(self) -> None:
         """Fail before step 1 when the schedule cannot work (USERS.md 3)."""

@@ -3,7 +3,8 @@
 A saved adapter holds only the *active* units of each matrix (plus the trained heads)
 and ``triadapt_adapter.json``: the config, the rank pattern, and each target's shape, so
 that loading into a different base model fails with a clear message. Loading is strict:
-every expected tensor must be present with its shape, and nothing else.
+every expected tensor must be present with its shape, and nothing else. The controller
+state (allocator and scorer, which may hold tensors) goes to ``triadapt_state.pt``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from triadapt.errors import AdapterLoadError, TriAdaptError
 from triadapt.layer import UNITS_ATTR
 
 CONFIG_FILE = "triadapt_adapter.json"
+STATE_FILE = "triadapt_state.pt"
 WEIGHTS_FILE = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 
@@ -54,9 +56,9 @@ def save_adapter(controller: Any, path: str | os.PathLike) -> Path:
         "rank_pattern": controller.ranks,
         "shapes": {name: [layer.in_features, layer.out_features] for name, layer in controller.layers.items()},
         "heads": controller.heads,
-        "controller_state": controller.state_dict(),
     }
     (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    save_state(controller.state_dict(), out / STATE_FILE)
     return out
 
 
@@ -94,7 +96,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, resume_state: boo
         controller.layers[name].set_rank(int(rank))
     _load_tensors(path, controller)
     if resume_state:
-        controller.load_state_dict(meta["controller_state"])
+        controller.load_state_dict(load_state(Path(path) / STATE_FILE))
     else:
         controller.allocator.scorer.initialize(controller.layers)
     return controller
@@ -129,3 +131,16 @@ def _load_tensors(path: Any, controller: Any) -> None:
                 raise AdapterLoadError(f"{file}: tensor {key!r} has shape {tuple(loaded[key].shape)}, "
                                        f"expected {tuple(target.shape)}")
             target.copy_(loaded[key].to(target.dtype))
+
+
+def save_state(state: dict[str, Any], file: Path) -> None:
+    """Write a controller state atomically (plain containers and tensors, loadable with weights_only)."""
+    partial = file.with_name(file.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, file)
+
+
+def load_state(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise AdapterLoadError(f"{file}: not found; cannot restore the controller state")
+    return torch.load(file, map_location="cpu", weights_only=True)

@@ -26,6 +26,8 @@ class GrowthContext:
     initial_budget: int  # R0
     growable: int  # matrices below their capacity
     rounding: str = "ceil"
+    initial_total_rank: int = 0  # Σ r_m at the start (M · r_init)
+    rank_increment: int = 1  # Δr
 
     @property
     def progress(self) -> Fraction:

@@ -17,7 +17,6 @@ Requires transformers; the core package does not import this module.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ from transformers import TrainerCallback
 
 from triadapt.controller import Controller
 from triadapt.errors import TriAdaptError
+from triadapt.persistence import load_state, save_state
 
-STATE_FILE = "triadapt_state.json"
+STATE_FILE = "triadapt_state.pt"
 
 
 class TriAdaptCallback(TrainerCallback):
@@ -61,11 +61,11 @@ class TriAdaptCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / STATE_FILE).write_text(json.dumps(self.controller.state_dict()))
+        save_state(self.controller.state_dict(), folder / STATE_FILE)
 
     def _restore(self, args: Any, state: Any) -> None:
         file = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
         if not file.is_file():
             raise TriAdaptError(f"{file}: not found; cannot resume the TriAdapt controller at step "
                                 f"{state.global_step} (was the checkpoint saved with TriAdaptCallback?)")
-        self.controller.load_state_dict(json.loads(file.read_text()))
+        self.controller.load_state_dict(load_state(file))

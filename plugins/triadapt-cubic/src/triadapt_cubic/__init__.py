@@ -1,0 +1,39 @@
+"""``cubic`` threshold: the total rank follows AdaLoRA's cubic schedule, upwards."""
+
+import math
+
+from triadapt import ThresholdSpec, hookimpl
+from triadapt.thresholds import GrowthContext, Threshold
+
+
+class CubicThreshold(Threshold):
+    name = "cubic"
+    needs_total_steps = True
+
+    def __init__(self, final_steps: int = 0):
+        if not isinstance(final_steps, int) or final_steps < 0:
+            raise ValueError(f"strategy_options.cubic.final_steps={final_steps!r} is invalid: an integer >= 0")
+        self.final_steps = final_steps
+
+    def target(self, ctx: GrowthContext) -> float:
+        span = ctx.total_steps - ctx.warmup_steps - self.final_steps
+        a = 1.0 if span <= 0 else min(1.0, (ctx.step - ctx.warmup_steps) / span)
+        return ctx.initial_budget - (ctx.initial_budget - ctx.initial_total_rank) * (1.0 - a) ** 3
+
+    def count(self, ctx: GrowthContext) -> int:
+        current = ctx.initial_budget - ctx.remaining_budget
+        missing = self.target(ctx) - current
+        return max(0, math.ceil(missing / ctx.rank_increment - 1e-9))
+
+
+def _build(config):
+    options = dict(config.strategy_options.get("cubic", {}))
+    unknown = sorted(set(options) - {"final_steps"})
+    if unknown:
+        raise ValueError(f"strategy_options.cubic.{unknown[0]} is invalid: the only option is final_steps")
+    return CubicThreshold(**options)
+
+
+@hookimpl
+def triadapt_thresholds():
+    return [ThresholdSpec("cubic", _build, "total rank follows AdaLoRA's cubic schedule, growing to the budget")]

@@ -1,0 +1,80 @@
+"""Smoothed sensitivity × uncertainty (AdaLoRA, arXiv 2303.10512, Eq. 8-10), per matrix.
+
+After every optimizer step, for every active adapter entry w with gradient g:
+``I = |w·g|``, ``Ī ← β1·Ī + (1−β1)·I``, ``Ū ← β2·Ū + (1−β2)·|I − Ī|``. At a growth event the
+score of a matrix is the mean of ``Ī·Ū`` over its active entries (IncreLoRA's module score).
+Entries that became active later start with zero averages, as freshly created ones would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from triadapt.gradients import full_grad
+from triadapt.scorers import Layers, Scorer
+
+
+class SensitivityScorer(Scorer):
+    name = "sensitivity"
+    observes_steps = True
+
+    def __init__(self, beta1: float = 0.85, beta2: float = 0.85):
+        for label, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"strategy_options.sensitivity.{label}={beta!r} is invalid: must be in [0, 1)")
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.ipt: dict[str, torch.Tensor] = {}  # Ī per entry, keyed "layer/unit/param"
+        self.unc: dict[str, torch.Tensor] = {}  # Ū per entry
+
+    def _active(self, layers: Layers):
+        for name, layer in layers.items():
+            for index, unit in enumerate(layer.active_units()):
+                for key, param in unit.named_parameters():
+                    yield f"{name}/{index}/{key}", param
+
+    @torch.no_grad()
+    def observe(self, layers: Layers, step: int) -> None:
+        keys, params, grads = [], [], []
+        for key, param in self._active(layers):
+            grad = full_grad(param)
+            if grad is None:
+                continue
+            if key not in self.ipt:
+                self.ipt[key], self.unc[key] = torch.zeros_like(param), torch.zeros_like(param)
+            keys.append(key)
+            params.append(param)
+            grads.append(grad)
+        if not keys:
+            return
+        ipts, uncs = [self.ipt[k] for k in keys], [self.unc[k] for k in keys]
+        now = torch._foreach_mul(params, grads)  # w ⊙ g
+        torch._foreach_abs_(now)  # I = |w ⊙ g|
+        torch._foreach_mul_(ipts, self.beta1)
+        torch._foreach_add_(ipts, now, alpha=1.0 - self.beta1)  # Ī ← β1 Ī + (1 − β1) I
+        deviation = torch._foreach_sub(now, ipts)
+        torch._foreach_abs_(deviation)  # |I − Ī|
+        torch._foreach_mul_(uncs, self.beta2)
+        torch._foreach_add_(uncs, deviation, alpha=1.0 - self.beta2)  # Ū ← β2 Ū + (1 − β2) |I − Ī|
+
+    @torch.no_grad()
+    def scores(self, layers: Layers) -> dict[str, float]:
+        out = {}
+        for name, layer in layers.items():
+            total, count = 0.0, 0
+            for index, unit in enumerate(layer.active_units()):
+                for key, param in unit.named_parameters():
+                    entry = f"{name}/{index}/{key}"
+                    count += param.numel()
+                    if entry in self.ipt:
+                        total += float(torch.sum(self.ipt[entry] * self.unc[entry]))
+            out[name] = total / count if count else 0.0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ipt": {k: v.clone() for k, v in self.ipt.items()}, "unc": {k: v.clone() for k, v in self.unc.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ipt = {k: v.clone() for k, v in state["ipt"].items()}
+        self.unc = {k: v.clone() for k, v in state["unc"].items()}

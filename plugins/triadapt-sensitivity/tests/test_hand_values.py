@@ -1,0 +1,66 @@
+"""Sensitivity scores against hand computation."""
+
+import pytest
+import torch
+
+from triadapt import TriAdaptConfig, inject
+from triadapt.layer import AdapterLayer
+from triadapt.structures import LoraStructure
+from triadapt.testing.models import ToyModel, toy_batch
+from triadapt_sensitivity import SensitivityScorer
+
+
+def test_scalar_emas_by_hand():
+    """One matrix, rank 1, every entry w = 2 with gradient 0.5: I = 1 at every step.
+
+    step 1: Ī = 0.15, Ū = 0.15·|1 − 0.15| = 0.1275
+    step 2: Ī = 0.85·0.15 + 0.15 = 0.2775, Ū = 0.85·0.1275 + 0.15·|1 − 0.2775| = 0.21675
+    score = mean(Ī·Ū) = 0.2775 · 0.21675 = 0.060148125
+    """
+    layer = AdapterLayer(torch.nn.Linear(2, 3), LoraStructure(), init_rank=1, capacity=2, lora_alpha=1.0,
+                         dropout=0.0, init_std=0.1, eps=1e-5)
+    scorer = SensitivityScorer(0.85, 0.85)
+    for step in (1, 2):
+        for p in layer.units[0].parameters():
+            with torch.no_grad():
+                p.fill_(2.0)
+            p.grad = torch.full_like(p, 0.5)
+        scorer.observe({"m": layer}, step)
+    assert scorer.scores({"m": layer})["m"] == pytest.approx(0.060148125, rel=1e-6)
+    assert layer.units[1].a.grad is None and "m/1/a" not in scorer.ipt  # inactive units are not observed
+
+
+def test_toy_training_matches_recorded_weights_and_gradients():
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=["query", "value"], scorer="sensitivity", init_rank=2,
+                                            threshold="none", seed=0,
+                                            strategy_options={"sensitivity": {"beta1": 0.7, "beta2": 0.6}}))
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2)
+    expected_ipt, expected_unc = {}, {}
+    for step in range(4):
+        x, y = toy_batch(seed=step)
+        torch.nn.functional.cross_entropy(ctl.model(x), y).backward()
+        optimizer.step()
+        for name, layer in ctl.layers.items():
+            for i, unit in enumerate(layer.active_units()):
+                for key, p in unit.named_parameters():
+                    k = f"{name}/{i}/{key}"
+                    now = (p.detach() * p.grad).abs()
+                    ipt = 0.7 * expected_ipt.get(k, torch.zeros_like(now)) + 0.3 * now
+                    expected_unc[k] = 0.6 * expected_unc.get(k, torch.zeros_like(now)) + 0.4 * (now - ipt).abs()
+                    expected_ipt[k] = ipt
+        ctl.step()
+        optimizer.zero_grad()
+    scores = ctl.allocator.scorer.scores(ctl.layers)
+    for name, layer in ctl.layers.items():
+        keys = [k for k in expected_ipt if k.startswith(name + "/")]
+        total = sum(float((expected_ipt[k] * expected_unc[k]).sum()) for k in keys)
+        count = sum(expected_ipt[k].numel() for k in keys)
+        assert scores[name] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="strategy_options.sensitivity.gamma is invalid"):
+        inject(ToyModel(), TriAdaptConfig(target_modules=["query"], scorer="sensitivity",
+                                          strategy_options={"sensitivity": {"gamma": 1}}))
+    with pytest.raises(ValueError, match="beta1=1.5 is invalid"):
+        SensitivityScorer(beta1=1.5)
