@@ -40,3 +40,9 @@ def test_budget_is_reached_by_the_end():
 def test_listed_with_its_distribution():
     info = {p.name: p for p in registry().plugins()}["cubic"]
     assert (info.distribution, info.strategies) == ("triadapt-cubic", {"threshold": ["cubic"]})
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="strategy_options.cubic.t_final=5 is invalid: the options of 'cubic' are "
+                                         "final_steps"):
+        make_controller(threshold="cubic", strategy_options={"cubic": {"t_final": 5}})

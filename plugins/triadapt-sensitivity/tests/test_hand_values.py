@@ -59,7 +59,7 @@ def test_toy_training_matches_recorded_weights_and_gradients():
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="strategy_options.sensitivity.gamma is invalid"):
+    with pytest.raises(ValueError, match="strategy_options.sensitivity.gamma=1 is invalid: the options of .sensitivity. are beta1, beta2"):
         inject(ToyModel(), TriAdaptConfig(target_modules=["query"], scorer="sensitivity",
                                           strategy_options={"sensitivity": {"gamma": 1}}))
     with pytest.raises(ValueError, match="beta1=1.5 is invalid"):

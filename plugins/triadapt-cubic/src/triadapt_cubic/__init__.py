@@ -3,6 +3,7 @@
 import math
 
 from triadapt import ThresholdSpec, hookimpl
+from triadapt.plugins import strategy_options
 from triadapt.thresholds import GrowthContext, Threshold
 
 
@@ -27,11 +28,7 @@ class CubicThreshold(Threshold):
 
 
 def _build(config):
-    options = dict(config.strategy_options.get("cubic", {}))
-    unknown = sorted(set(options) - {"final_steps"})
-    if unknown:
-        raise ValueError(f"strategy_options.cubic.{unknown[0]} is invalid: the only option is final_steps")
-    return CubicThreshold(**options)
+    return CubicThreshold(**strategy_options(config, "cubic", {"final_steps"}))
 
 
 @hookimpl

@@ -1,15 +1,12 @@
 """Entry point ``triadapt: sensitivity``: registers the scorer by name."""
 
 from triadapt import ScorerSpec, hookimpl
+from triadapt.plugins import strategy_options
 from triadapt_sensitivity.scorer import SensitivityScorer
 
 
 def _build(config) -> SensitivityScorer:
-    options = dict(config.strategy_options.get("sensitivity", {}))
-    unknown = sorted(set(options) - {"beta1", "beta2"})
-    if unknown:
-        raise ValueError(f"strategy_options.sensitivity.{unknown[0]} is invalid: options are beta1, beta2")
-    return SensitivityScorer(**options)
+    return SensitivityScorer(**strategy_options(config, "sensitivity", {"beta1", "beta2"}))
 
 
 @hookimpl

@@ -2,9 +2,9 @@
 
 from triadapt.plugins.hookspecs import hookimpl, hookspec
 from triadapt.plugins.registry import ENTRY_POINT_GROUP, PluginInfo, Registry, registry, use_registry
-from triadapt.plugins.specs import ScorerSpec, StructureSpec, ThresholdSpec
+from triadapt.plugins.specs import ScorerSpec, StructureSpec, ThresholdSpec, strategy_options
 
 __all__ = [
     "ENTRY_POINT_GROUP", "PluginInfo", "Registry", "ScorerSpec", "StructureSpec", "ThresholdSpec",
-    "hookimpl", "hookspec", "registry", "use_registry",
+    "hookimpl", "hookspec", "registry", "strategy_options", "use_registry",
 ]

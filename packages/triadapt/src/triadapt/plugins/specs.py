@@ -31,3 +31,13 @@ class ThresholdSpec:
     name: str
     factory: Callable[[TriAdaptConfig], Threshold]
     description: str = ""
+
+
+def strategy_options(config: "TriAdaptConfig", name: str, allowed: set[str]) -> dict:
+    """``config.strategy_options[name]`` checked against the option names a strategy accepts."""
+    options = dict(config.strategy_options.get(name, {}) or {})
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"strategy_options.{name}.{unknown[0]}={options[unknown[0]]!r} is invalid: the options of "
+                         f"{name!r} are {', '.join(sorted(allowed)) or 'none'}")
+    return options
