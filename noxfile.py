@@ -46,5 +46,5 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against peft on MiniLM (CPU); writes benchmarks/perf/results/."""
     install(session, "-e", "plugins/triadapt-sensitivity")
     env = {**OFFLINE, **os.environ}
-    session.run("python", "benchmarks/perf/step_time.py", env=env)
-    session.run("python", "benchmarks/perf/scorer_overhead.py", env=env)
+    for script in ("step_time", "scorer_overhead", "inference", "memory", "report"):
+        session.run("python", f"benchmarks/perf/{script}.py", env=env)

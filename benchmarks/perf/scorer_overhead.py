@@ -17,7 +17,6 @@ allocation call made after it:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from step_time import BERT_TARGETS, RESULTS, _commit, base_model, make_batch  # noqa: E402 (same folder)
+from common import RESULTS, base_model, make_batch, peft_adalora, provenance
 from triadapt import TriAdaptConfig, inject
 
 INTERVAL = 100  # ΔT used to amortise one growth event per step
@@ -40,11 +39,7 @@ def triadapt_setup(scorer: str):
 
 
 def adalora_setup():
-    from peft import AdaLoraConfig, get_peft_model
-
-    model = get_peft_model(base_model(), AdaLoraConfig(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10,
-                                                       total_step=100_000, target_modules=BERT_TARGETS,
-                                                       task_type="SEQ_CLS"))
+    model, _, _ = peft_adalora()()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     counter = {"step": 0}
 
@@ -71,6 +66,25 @@ def measure(setup, batch, steps):
         step_times.append(middle - start)
         alloc_times.append(end - middle)
     return step_times, alloc_times
+
+
+def run_fraction(steps: int = 40, interval: int = 4) -> dict[str, float]:
+    """Share of a real growing run spent in allocation: ``controller.step()`` time over all step time."""
+    model = base_model()
+    ctl = inject(model, TriAdaptConfig(warmup_steps=interval, growth_interval=interval, total_steps=steps, seed=0))
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-4)
+    batch, train_time, alloc_time = make_batch(32, 64), 0.0, 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        (model(**batch).loss + ctl.orthogonal_loss()).backward()
+        optimizer.step()
+        middle = time.perf_counter()
+        ctl.step()
+        alloc_time += time.perf_counter() - middle
+        optimizer.zero_grad(set_to_none=True)
+        train_time += middle - start
+    return {"steps": steps, "growth_interval": interval, "events": len(ctl.events), "allocation_s": alloc_time,
+            "training_s": train_time, "fraction": alloc_time / (alloc_time + train_time)}
 
 
 def event_time(repeats: int = 10) -> float:
@@ -111,10 +125,10 @@ def main() -> None:
     per_step["triadapt fnorm"] += event / INTERVAL  # one growth event every ΔT steps, amortised
     train_step = {name: statistics.median(v) for name, v in steps.items()}
     report = {
-        "date": dt.date.today().isoformat(), "commit": _commit(),
+        **provenance(args.threads), "run_fraction": run_fraction(),
         "setup": "MiniLM-L6, batch 32, seq 64, CPU, AdamW; allocation call timed after optimizer.step()",
         "median_train_step_s": train_step,
-        "median_allocation_per_step_s": per_step,
+        "mean_allocation_per_step_s": per_step,
         "fnorm_event_s": event, "amortised_over_steps": INTERVAL,
         "allocation_fraction_of_step": {n: per_step[n] / train_step[n] for n in setups},
         "adalora_over_fnorm": per_step["peft AdaLoRA"] / per_step["triadapt fnorm"],
@@ -122,16 +136,8 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scorer_overhead.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# Per-step importance cost, {report['date']} (commit {report['commit']})", "", report["setup"] + ".", "",
-             "| method | median train step (s) | mean allocation per step (ms) | fraction of step |", "|---|---|---|---|"]
-    for name in setups:
-        lines.append(f"| {name} | {train_step[name]:.3f} | {per_step[name] * 1e3:.3f} | "
-                     f"{report['allocation_fraction_of_step'][name]:.2%} |")
-    lines += ["", f"fnorm: one growth event = {event * 1e3:.2f} ms, amortised over ΔT = {INTERVAL} steps.",
-              f"peft AdaLoRA / fnorm = {report['adalora_over_fnorm']:.0f}×; sensitivity plugin / fnorm = "
-              f"{report['sensitivity_over_fnorm']:.0f}×.", ""]
-    (RESULTS / "scorer_overhead.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(json.dumps({k: report[k] for k in ("mean_allocation_per_step_s", "adalora_over_fnorm",
+                                             "sensitivity_over_fnorm", "run_fraction")}, indent=2))
 
 
 if __name__ == "__main__":

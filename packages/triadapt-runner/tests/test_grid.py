@@ -46,6 +46,12 @@ def test_paper_glue_recipes_follow_table_v():
         "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
 
 
+def test_paper_squad_recipe_follows_table_vi():
+    cell = load_grid(ABLATIONS / "paper-squad-v2.yaml").cells()[1]
+    assert (cell.task, cell.config.data.max_length, cell.config.data.doc_stride) == ("squad_v2", 384, 128)
+    assert (cell.config.train.epochs, cell.config.train.batch_size, cell.config.adapter["dropout"]) == (14, 16, 0.1)
+
+
 def test_tracking_uri_defaults(monkeypatch, tmp_path):
     from triadapt_runner.tracking import default_tracking_uri
 

@@ -28,6 +28,7 @@ from triadapt_runner.config import DEFAULT_MODEL, RunConfig
 from triadapt_runner.data.loading import load_task
 from triadapt_runner.data.tasks import TaskSpec
 from triadapt_runner.plots import rank_heatmap
+from triadapt_runner.qa import pipeline as qa
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_")
 
@@ -64,8 +65,13 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     set_seed(cfg.train.seed)
     task, splits = load_task(cfg.data)
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
-    train_loader, eval_loader = accelerator.prepare(*_loaders(cfg, task, splits, tokenizer))
-    model = _model(cfg, task)
+    if task.is_qa:
+        train_loader, eval_loader, reference = qa.qa_loaders(cfg, task, splits, tokenizer)
+        model = qa.qa_model(model_path(cfg.model))
+    else:
+        train_loader, eval_loader = _loaders(cfg, task, splits, tokenizer)
+        reference, model = None, _model(cfg, task)
+    train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
 
     # per-process batches after sharding; the last partial accumulation window still makes a step
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.gradient_accumulation_steps)
@@ -100,7 +106,10 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
                     if log and (step % cfg.train.log_every == 0 or event is not None or step == total_steps):
                         log(_step_metrics(loss, scheduler, ctl), step)
                 optimizer.zero_grad(set_to_none=True)
-        scores = evaluate(model, eval_loader, task, accelerator)
+        if task.is_qa:
+            scores = qa.qa_evaluate(model, eval_loader, reference, qa.settings_for(cfg, task), accelerator)
+        else:
+            scores = evaluate(model, eval_loader, task, accelerator)
         history.append({"epoch": epoch, **scores})
         if log:
             log({f"eval_{k}": v for k, v in scores.items()}, step)

@@ -16,6 +16,7 @@ from typing import Any
 import datasets
 
 from triadapt_runner.data import builtin
+from triadapt_runner.data.squad import read_squad_json
 from triadapt_runner.data.tasks import TASKS, TaskSpec, custom_task
 from triadapt_runner.errors import RunnerError, invalid
 
@@ -40,6 +41,8 @@ def load_task(data: Any) -> tuple[TaskSpec, datasets.DatasetDict]:
 
 
 def _load_known(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
+    if task.is_qa:
+        return _load_squad(task, data)
     if task.builtin:
         return _from_builtin(task.builtin, data.validation_fraction)
     if data.glue_dir:
@@ -174,6 +177,20 @@ def _num_labels(data: Any, splits: dict[str, list[dict]]) -> int:
     if min(labels) < 0:
         raise RunnerError(f"{data.train_file}: class ids must be >= 0, found {min(labels)}")
     return max(labels) + 1
+
+
+# -- SQuAD ----------------------------------------------------------------------------------------
+def _load_squad(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
+    if data.train_file or data.validation_file:
+        return {"train": read_squad_json(data.train_file), "validation": read_squad_json(data.validation_file)}
+    path, _ = task.hub
+    try:
+        loaded = datasets.load_dataset(path)
+    except Exception as exc:
+        raise RunnerError(f"task {task.name!r}: cannot load {path} from the hub ({type(exc).__name__}); offline, "
+                          f"pass data.train_file and data.validation_file in the official SQuAD JSON format") from None
+    columns = ("id", "question", "context", "answers")
+    return {split: [{c: row[c] for c in columns} for row in loaded[split]] for split in ("train", "validation")}
 
 
 # -- hub ------------------------------------------------------------------------------------------

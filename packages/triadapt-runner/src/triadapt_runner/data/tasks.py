@@ -1,7 +1,7 @@
 """The task registry: what each task's data looks like and how it is scored.
 
 Kinds: ``single`` (one text, classification), ``pair`` (two texts, classification),
-``regression`` (two texts, a score). The 8 GLUE tasks of the paper are declared with their
+``regression`` (two texts, a score), ``qa`` (extractive question answering, SQuAD format). The 8 GLUE tasks of the paper are declared with their
 hub names, the official TSV layout of the GLUE download, and their metrics; two built-in
 offline datasets are declared too. ``custom`` reads any CSV/JSON/Parquet file.
 """
@@ -41,6 +41,10 @@ class TaskSpec:
     def is_regression(self) -> bool:
         return self.kind == "regression"
 
+    @property
+    def is_qa(self) -> bool:
+        return self.kind == "qa"
+
 
 NLI3 = ("entailment", "neutral", "contradiction")
 NLI2 = ("entailment", "not_entailment")
@@ -70,6 +74,10 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("rte", "pair", 2, ("accuracy",), "accuracy", ("nyu-mll/glue", "rte"), label_names=NLI2,
              glue=GlueLayout("RTE", text="sentence1", pair="sentence2", label="label"),
              description="RTE entailment"),
+    TaskSpec("squad_v2", "qa", 0, ("exact", "f1"), "f1", ("rajpurkar/squad_v2", None),
+             description="SQuAD 2.0 extractive QA with unanswerable questions (EM / F1)"),
+    TaskSpec("squad", "qa", 0, ("exact", "f1"), "f1", ("rajpurkar/squad", None),
+             description="SQuAD 1.1 extractive QA (EM / F1)"),
     TaskSpec("rotten_tomatoes", "single", 2, ("accuracy", "f1"), "accuracy", builtin="rotten_tomatoes",
              description="built-in: Rotten Tomatoes fresh/rotten (offline)"),
     TaskSpec("drug_reviews", "single", 3, ("accuracy", "macro_f1"), "accuracy", builtin="drug_reviews",

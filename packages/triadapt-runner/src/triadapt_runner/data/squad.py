@@ -1,0 +1,38 @@
+"""SQuAD 1.1 / 2.0 in the official JSON format, as flat rows (id, question, context, answers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from triadapt_runner.errors import RunnerError
+
+
+def read_squad_json(path: str | Path) -> list[dict]:
+    """Rows with ``answers = {"text": [...], "answer_start": [...]}``; empty for unanswerable questions."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunnerError(f"{path}: SQuAD file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RunnerError(f"{path}: not a SQuAD JSON file (expected {{\"data\": [{{\"paragraphs\": ...}}]}}; "
+                          f"{type(exc).__name__}: {exc})") from None
+    rows = []
+    for article in data:
+        for paragraph in article.get("paragraphs", []):
+            context = paragraph["context"]
+            for qa in paragraph["qas"]:
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                for answer in answers:
+                    start = answer["answer_start"]
+                    if context[start:start + len(answer["text"])] != answer["text"]:
+                        raise RunnerError(f"{path}: question {qa['id']!r}: answer {answer['text']!r} is not at "
+                                          f"character {start} of its context")
+                rows.append({"id": str(qa["id"]), "title": article.get("title", ""), "question": qa["question"],
+                             "context": context,
+                             "answers": {"text": [a["text"] for a in answers],
+                                         "answer_start": [int(a["answer_start"]) for a in answers]}})
+    if not rows:
+        raise RunnerError(f"{path}: no questions found")
+    return rows
