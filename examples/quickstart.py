@@ -45,7 +45,7 @@ def main() -> None:
           f"of {counts['total']:,}")
     print("schedule:", ", ".join(f"t={e.step}: k={e.k}" for e in ctl.validate_schedule()))
 
-    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=3e-3)
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=3e-3, fused=True)
     ctl.attach(optimizer)
     model.train()
     for step in range(1, STEPS + 1):

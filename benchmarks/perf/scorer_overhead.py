@@ -34,13 +34,13 @@ def triadapt_setup(scorer: str):
     model = base_model()
     ctl = inject(model, TriAdaptConfig(scorer=scorer, init_rank=8, ref_rank=9, max_rank=12, warmup_steps=0,
                                        growth_interval=10_000, total_steps=100_000, seed=0))
-    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-4)
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-4, fused=True)
     return model, optimizer, ctl.step, ctl
 
 
 def adalora_setup():
     model, _, _ = peft_adalora()()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     counter = {"step": 0}
 
     def allocate():
@@ -72,7 +72,7 @@ def run_fraction(steps: int = 40, interval: int = 4) -> dict[str, float]:
     """Share of a real growing run spent in allocation: ``controller.step()`` time over all step time."""
     model = base_model()
     ctl = inject(model, TriAdaptConfig(warmup_steps=interval, growth_interval=interval, total_steps=steps, seed=0))
-    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-4)
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-4, fused=True)
     batch, train_time, alloc_time = make_batch(32, 64), 0.0, 0.0
     for _ in range(steps):
         start = time.perf_counter()

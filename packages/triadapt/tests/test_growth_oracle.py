@@ -94,9 +94,11 @@ def build_pair(structure, increment, seed=0):
 
 @pytest.mark.parametrize("structure", ["triangular", "lora"])
 @pytest.mark.parametrize("increment", [1, 2])
-def test_static_storage_matches_appending_oracle(structure, increment):
+@pytest.mark.parametrize("implementation", [{"foreach": False}, {"foreach": True}, {"fused": True}],
+                         ids=["for-loop", "foreach", "fused"])
+def test_static_storage_matches_appending_oracle(structure, increment, implementation):
     ctl, oracle_model, oracles = build_pair(structure, increment)
-    hyper = dict(lr=2e-2, weight_decay=0.05, betas=(0.9, 0.999))
+    hyper = dict(lr=2e-2, weight_decay=0.05, betas=(0.9, 0.999), **implementation)
     opt_static = torch.optim.AdamW(list(ctl.trainable_parameters()), **hyper)
     ctl.attach(opt_static)
     initial = [p for o in oracles.values() for p in o.grow(1)]

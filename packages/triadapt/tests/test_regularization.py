@@ -46,3 +46,21 @@ def test_controller_weights_by_lambda_and_only_in_training():
     ctl.model.train()
     off = inject(ToyModel(), TriAdaptConfig(target_modules=["query"], orth_reg_weight=0.0))
     assert float(off.orthogonal_loss()) == 0.0
+
+
+def test_regulariser_never_reuses_factors_from_before_an_optimizer_step():
+    from triadapt.testing.models import toy_batch
+
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=["query"], orth_reg_weight=0.3, seed=0, init_rank=3))
+    optimizer = torch.optim.SGD(list(ctl.trainable_parameters()), lr=0.5)
+    x, y = toy_batch()
+    loss = torch.nn.functional.cross_entropy(ctl.model(x), y) + ctl.orthogonal_loss()  # reuses the forward's factors
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    ctl.model(x)  # a forward whose factors are cached ...
+    with torch.no_grad():
+        for layer in ctl.layers.values():
+            layer.units[0].a.mul_(2.0)  # ... then the parameters change in place
+    fresh = 0.3 * orthogonal_penalty(ctl.layers.values())
+    torch.testing.assert_close(ctl.orthogonal_loss(), fresh)

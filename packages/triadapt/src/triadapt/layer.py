@@ -69,6 +69,8 @@ class AdapterLayer(nn.Module):
             structure.init_unit(index, unit.tensors(), initial=index < init_rank, std=init_std, generator=generator)
             units.append(unit)
         setattr(self, UNITS_ATTR, nn.ModuleList(units))
+        self._unit_tensors: list[dict[str, Tensor]] | None = None  # per-unit parameter dicts, built once
+        self._cached_factors: tuple[Factors, tuple[int, ...]] | None = None  # last training forward's factors
 
     # -- rank -------------------------------------------------------------------------------------
     @property
@@ -85,6 +87,7 @@ class AdapterLayer(nn.Module):
         if self.merged:
             raise RuntimeError("cannot change the rank of a merged adapter: unmerge() first")
         self.rank = int(rank)
+        self._cached_factors = None
 
     def active_units(self) -> Iterator[RankUnit]:
         return iter(self.units[: self.rank])
@@ -93,7 +96,24 @@ class AdapterLayer(nn.Module):
         """The active factors (differentiable views of the unit parameters)."""
         if self.rank == 0:
             raise RuntimeError("an adapter of rank 0 has no factors")
-        return self.structure.assemble([u.tensors() for u in self.active_units()])
+        if self._unit_tensors is None:
+            self._unit_tensors = [u.tensors() for u in self.units]
+        return self.structure.assemble(self._unit_tensors[: self.rank])
+
+    def _versions(self) -> tuple[int, ...]:
+        """In-place update counters of the active parameters: any optimizer step or copy changes them."""
+        return tuple(p._version for unit in (self._unit_tensors or [])[: self.rank] for p in unit.values())
+
+    def take_cached_factors(self) -> Factors | None:
+        """Factors assembled by the last training forward if no active parameter changed since (consumed once)."""
+        cached, self._cached_factors = self._cached_factors, None
+        if cached is None or cached[0].rank != self.rank or cached[1] != self._versions():
+            return None
+        return cached[0]
+
+    def _apply(self, fn, recurse=True):  # .to() / .half() may replace parameter tensors: rebuild the cache
+        self._unit_tensors, self._cached_factors = None, None
+        return super()._apply(fn, recurse)
 
     def delta_weight(self) -> Tensor:
         """The scaled update α/(r+ε)·ΔW in the (out, in) layout of nn.Linear, float32."""
@@ -105,6 +125,8 @@ class AdapterLayer(nn.Module):
         if self.merged or self.rank == 0:
             return result
         factors = self.factors()
+        if self.training and torch.is_grad_enabled():
+            self._cached_factors = (factors, self._versions())  # the regulariser of this step may reuse them
         adapter_in = self.dropout(x.to(factors.down.dtype))  # adapter math in the adapter dtype (fp32)
         delta = factors.apply(adapter_in) * self.scale  # (..., d)
         return result + delta.to(result.dtype)

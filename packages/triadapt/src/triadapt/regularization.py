@@ -29,7 +29,7 @@ def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False) ->
     for layer in layers:
         if layer.rank == 0 or layer.merged:
             continue
-        factors = layer.factors()
+        factors = layer.take_cached_factors() or layer.factors()  # reuse this step's forward when possible
         terms.append(gram_deviation(factors.down @ factors.down.T, squared))  # (r, n) @ (n, r) -> (r, r)
         terms.append(gram_deviation(factors.up.T @ factors.up, squared))  # (r, d) @ (d, r) -> (r, r)
     if not terms:
