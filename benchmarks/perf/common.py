@@ -116,3 +116,17 @@ def commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def parse_args(doc: str, rounds: int, steps: int | None = None):
+    """``--rounds``, ``--steps`` (when the script has it) and ``--threads``; sets torch's thread count."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds over all methods")
+    if steps is not None:
+        parser.add_argument("--steps", type=int, default=steps, help="timed steps per method per round")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

@@ -8,14 +8,13 @@ base costs (merge folds ΔW into the base weights and unloads the adapter layers
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import torch
 
-from common import RESULTS, base_model, make_batch, provenance
+from common import RESULTS, base_model, make_batch, parse_args, provenance
 from triadapt import TriAdaptConfig, inject
 
 
@@ -40,11 +39,7 @@ def latency(model, batch, repeats: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, rounds=10)
     batch = {k: v for k, v in make_batch().items() if k != "labels"}
     models = {"base": base_model().eval(), "merged TriAdaptLoRA": merged_model().eval()}
     for model in models.values():

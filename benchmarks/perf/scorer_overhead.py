@@ -16,7 +16,6 @@ allocation call made after it:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, base_model, make_batch, peft_adalora, provenance
+from common import RESULTS, base_model, make_batch, parse_args, peft_adalora, provenance
 from triadapt import TriAdaptConfig, inject
 
 INTERVAL = 100  # ΔT used to amortise one growth event per step
@@ -98,12 +97,7 @@ def event_time(repeats: int = 10) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, rounds=5, steps=4)
     from triadapt.plugins import Registry, use_registry
 
     use_registry(Registry(entry_points=True))  # the sensitivity scorer comes from its plugin

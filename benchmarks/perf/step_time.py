@@ -10,13 +10,13 @@ triangular vs peft LoRA r=8 on 6, 12, 24 and 36 adapted matrices (the matrices c
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 
 import torch
 
-from common import RESULTS, TARGET_SETS, Setup, full_finetune, make_batch, peft_adalora, peft_lora, provenance, triadapt
+from common import (RESULTS, Setup, TARGET_SETS, full_finetune, make_batch,
+                    parse_args, peft_adalora, peft_lora, provenance, triadapt)
 
 RANKS = (2, 4, 8, 16)
 
@@ -37,12 +37,7 @@ def methods() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, rounds=3, steps=3)
     batch = make_batch()
     setups = {}
     for name, build in methods().items():

@@ -103,3 +103,10 @@ def test_failed_cell_does_not_stop_the_grid_unless_fail_fast(tmp_path, capsys):
     runs = client.search_runs([client.get_experiment_by_name("triadapt").experiment_id],
                               "tags.`triadapt.role` = 'cell'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FINISHED"]  # the finished run is kept
+
+
+def test_doc_stride_must_fit_the_window(tmp_path, capsys):
+    grid = write_yaml(tmp_path / "g.yaml", grid_with(base={"task": "squad_v2", "data": {"max_length": 64,
+                                                                                         "doc_stride": 64}}))
+    assert main(["ablate", str(grid), "--dry-run"]) == 2
+    assert "data.doc_stride=64 is invalid: must be an integer in (0, max_length=64)" in capsys.readouterr().err

@@ -115,3 +115,12 @@ def test_task_declarations_cover_the_paper():
 
     assert {TASKS[t].main_metric for t in GLUE_TASKS} == {"accuracy", "matthews", "pearson"}
     assert json.dumps([TASKS[t].hub for t in GLUE_TASKS])  # every GLUE task names its hub dataset
+
+
+def test_hub_unreachable_offline_names_the_local_alternative(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RunnerError, match="task 'rte': cannot load nyu-mll/glue/rte from the hub .*pass data.glue_dir"):
+        load_task(DataConfig(task="rte"))
+    with pytest.raises(RunnerError, match="task 'squad_v2': cannot load rajpurkar/squad_v2 .*data.train_file"):
+        load_task(DataConfig(task="squad_v2"))

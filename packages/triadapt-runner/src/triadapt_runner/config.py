@@ -36,7 +36,7 @@ class DataConfig:
     max_eval_samples: int | None = None
     validation_fraction: float = 0.1
     max_length: int = 128
-    doc_stride: int = 128  # QA: overlap of the sliding windows over long contexts
+    doc_stride: int | None = None  # QA: overlap of the windows over long contexts (None: min(128, max_length // 2))
 
     def __post_init__(self) -> None:
         known = sorted(TASKS) + ["custom"]
@@ -49,7 +49,8 @@ class DataConfig:
             raise invalid("data.validation_file", self.validation_file, "give both data.train_file and "
                                                                         "data.validation_file (SQuAD JSON), or neither")
         qa = bool(TASKS.get(self.task) and TASKS[self.task].is_qa)
-        if qa and (not _is_int(self.doc_stride) or not 0 < self.doc_stride < self.max_length):
+        if qa and self.doc_stride is not None and (not _is_int(self.doc_stride)
+                                                   or not 0 < self.doc_stride < self.max_length):
             raise invalid("data.doc_stride", self.doc_stride, f"must be an integer in (0, max_length={self.max_length})")
         if self.kind not in KINDS:
             raise invalid("data.kind", self.kind, f"use one of {', '.join(KINDS)}")

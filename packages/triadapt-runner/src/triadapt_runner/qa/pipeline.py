@@ -15,8 +15,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def settings_for(cfg: Any, task: Any) -> QASettings:
-    return QASettings(max_length=cfg.data.max_length, doc_stride=cfg.data.doc_stride,
-                      version_2=task.name != "squad")
+    stride = cfg.data.doc_stride or min(128, cfg.data.max_length // 2)
+    return QASettings(max_length=cfg.data.max_length, doc_stride=stride, version_2=task.name != "squad")
 
 
 def qa_model(path: str) -> torch.nn.Module:
