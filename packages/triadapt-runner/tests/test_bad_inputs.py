@@ -34,6 +34,7 @@ CASES = [
     ("max-length", grid_with(base={"data": {"max_length": 2}}), "data.max_length=2 is invalid"),
     ("fp16", grid_with(base={"train": {"mixed_precision": "fp16"}}), "train.mixed_precision='fp16' is invalid"),
     ("seed-axis", grid_with(axes=[{"product": {"train.seed": [1, 2]}}]), "list seeds under the top-level 'seeds'"),
+    ("unknown-model", grid_with(base={"model": "no/such-model-here"}), "model='no/such-model-here' is invalid"),
     ("missing-data-file", grid_with(base={"data": {"task": "custom", "train_file": "nope.csv",
                                                     "validation_file": "nope.csv"}}),
      "data.train_file='nope.csv' is invalid: no such file"),

@@ -86,3 +86,10 @@ def test_merged_adapter_cannot_be_saved(tmp_path):
     ctl.merge()
     with pytest.raises(Exception, match="unmerge\\(\\) first"):
         ctl.save(tmp_path)
+
+
+def test_damaged_weights_file_is_named(tmp_path):
+    trained().save(tmp_path)
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"\x00\x01 not safetensors")
+    with pytest.raises(AdapterLoadError, match="adapter_model.safetensors: not a readable safetensors file"):
+        load(ToyModel(), tmp_path)

@@ -22,7 +22,7 @@ from triadapt_runner.data.loading import load_task
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid import Cell, GridSpec
 from triadapt_runner.tracking import FAILED, FINISHED, KILLED, RUNNING, TAG_PREFIX, Tracker
-from triadapt_runner.training import RunResult, train_run
+from triadapt_runner.training import RunResult, model_path, train_run
 
 T = TAG_PREFIX
 
@@ -85,13 +85,26 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
 
 
 def preflight(cells: list[Cell]) -> None:
-    """Load each distinct data config once, so a missing file or column fails before anything trains."""
-    seen = set()
+    """Load each distinct data config and model config once: a bad file, column or model fails before training."""
+    seen: set[str] = set()
     for cell in cells:
         key = json.dumps(dataclasses.asdict(cell.config.data), sort_keys=True)
         if key not in seen:
             seen.add(key)
             load_task(cell.config.data)
+        if cell.config.model not in seen:
+            seen.add(cell.config.model)
+            _check_model(cell.config.model)
+
+
+def _check_model(name: str) -> None:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model_path(name))
+    except Exception as exc:
+        raise RunnerError(f"model={name!r} is invalid: not a local model folder nor a reachable hub model "
+                          f"({type(exc).__name__}); the built-in offline model is 'minilm'") from None
 
 
 def run_grid(spec: GridSpec, tracker: Tracker, *, force: bool = False, fail_fast: bool = False,

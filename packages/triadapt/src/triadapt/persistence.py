@@ -119,7 +119,10 @@ def _load_tensors(path: Any, controller: Any) -> None:
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise AdapterLoadError(f"{file}: not found")
-    loaded = load_file(str(file))
+    try:
+        loaded = load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise AdapterLoadError(f"{file}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     expected = adapter_tensors(controller)
     missing, extra = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
     if missing or extra:
