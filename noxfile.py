@@ -6,7 +6,8 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"  # uv ignores the local torch wheel
 nox.options.sessions = ["demo"]
-# `nox -s demo`: the README demo; `nox -s quickstart`: the core-only example; `nox -s tests`; `nox -s bench`
+# `nox -s demo`: the README demo; `nox -s quickstart`: the core-only example; `nox -s tests`; `nox -s bench`;
+# `nox -s gpu`: bf16 DeepSpeed checks on a CUDA machine
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 RUNTIME = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0", "mlflow==3.17.2",
@@ -39,6 +40,17 @@ def tests(session: nox.Session) -> None:
     install(session)
     session.run("pytest", "packages/triadapt/tests", "packages/triadapt-runner/tests", "tests", *session.posargs,
                 env=OFFLINE)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a machine with one CUDA GPU: bf16 training under DeepSpeed ZeRO-2 and ZeRO-3 (not part of CPU CI)."""
+    session.install(*[p for p in RUNTIME if not p.startswith("torch")], "torch==2.13.0", "deepspeed==0.19.8")
+    session.install("-e", "packages/triadapt[test]", "-e", "packages/triadapt-runner[test,deepspeed]")
+    session.run("python", "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else "
+                "'nox -s gpu needs a CUDA GPU (torch.cuda.is_available() is False)')")
+    session.run("pytest", "packages/triadapt-runner/tests/test_distributed.py", "-k", "gpu", "-rs",
+                *session.posargs, env=OFFLINE)
 
 
 @nox.session

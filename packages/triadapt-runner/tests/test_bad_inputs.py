@@ -33,6 +33,12 @@ CASES = [
                                           "kind": "multi"}}), "data.kind='multi' is invalid"),
     ("max-length", grid_with(base={"data": {"max_length": 2}}), "data.max_length=2 is invalid"),
     ("fp16", grid_with(base={"train": {"mixed_precision": "fp16"}}), "train.mixed_precision='fp16' is invalid"),
+    ("zero-stage", grid_with(base={"train": {"zero_stage": 4}}), "train.zero_stage=4 is invalid: use 0, 1, 2 or 3"),
+    ("offload-without-zero", grid_with(base={"train": {"offload_optimizer": True}}),
+     "train.offload_optimizer=True is invalid: needs train.zero_stage 1, 2 or 3"),
+    ("deepspeed-config-missing", grid_with(base={"train": {"deepspeed_config": "nope.json"}}),
+     "train.deepspeed_config='nope.json' is invalid: no such file"),
+    ("checkpoint-every", grid_with(base={"train": {"checkpoint_every": 0}}), "train.checkpoint_every=0 is invalid"),
     ("seed-axis", grid_with(axes=[{"product": {"train.seed": [1, 2]}}]), "list seeds under the top-level 'seeds'"),
     ("unknown-model", grid_with(base={"model": "no/such-model-here"}), "model='no/such-model-here' is invalid"),
     ("missing-data-file", grid_with(base={"data": {"task": "custom", "train_file": "nope.csv",
@@ -111,3 +117,30 @@ def test_doc_stride_must_fit_the_window(tmp_path, capsys):
                                                                                          "doc_stride": 64}}))
     assert main(["ablate", str(grid), "--dry-run"]) == 2
     assert "data.doc_stride=64 is invalid: must be an integer in (0, max_length=64)" in capsys.readouterr().err
+
+
+def test_deepspeed_config_must_be_json_without_fp16(tmp_path, capsys):
+    bad = tmp_path / "ds.json"
+    bad.write_text("{ zero: 2 }")
+    grid = write_yaml(tmp_path / "g.yaml", grid_with(base={"train": {"deepspeed_config": str(bad)}}))
+    assert main(["ablate", str(grid), "--dry-run"]) == 2
+    assert "train.deepspeed_config=" in (err := capsys.readouterr().err) and "not valid JSON (line 1" in err
+    bad.write_text('{"fp16": {"enabled": true}}')
+    assert main(["ablate", str(grid), "--dry-run"]) == 2
+    assert "fp16 is not supported; use bf16" in capsys.readouterr().err
+
+
+def test_fsdp_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    grid = write_yaml(tmp_path / "g.yaml", GOOD)
+    assert main(["ablate", str(grid), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "FSDP is not supported" in err and "train.zero_stage=3" in err
+    assert not (tmp_path / "m.db").exists() or "cell" not in err  # nothing trained
+
+
+def test_deepspeed_launcher_argument_is_accepted(tmp_path, capsys):
+    """`deepspeed … $(which triadapt) ablate …` passes --local_rank=N before the subcommand."""
+    grid = write_yaml(tmp_path / "g.yaml", GOOD)
+    assert main(["--local_rank=1", "ablate", str(grid), "--dry-run"]) == 0
+    assert "1 cells" in capsys.readouterr().out

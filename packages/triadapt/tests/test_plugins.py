@@ -204,3 +204,46 @@ def test_inline_structure_trains_by_name(with_diagonal):
     losses = train(ctl, 9)
     assert ctl.events and losses[-1] < losses[0]
     assert "s" in dict(ctl.layers["blocks.0.query"].units[0].named_parameters())
+
+
+class GradientCounter(RankScorer):
+    """Records, per step, whether it saw gradients of the active units (a gradient-reading scorer)."""
+
+    name = "gradient-counter"
+    observes_steps = True
+
+    def __init__(self):
+        self.seen = []
+
+    def observe(self, layers, step):
+        from triadapt.gradients import full_grad
+
+        grads = [full_grad(p) for layer in layers.values() for u in layer.active_units() for p in u.parameters()]
+        self.seen.append((step, all(g is not None for g in grads)))
+
+
+class GradientPlugin:
+    @hookimpl
+    def triadapt_scorers(self):
+        return [ScorerSpec("gradient-counter", lambda cfg: GradientCounter())]
+
+
+@pytest.mark.parametrize("before_step", [True, False])
+def test_gradient_scorer_observes_once_per_step_with_gradients(register_plugin, before_step):
+    """observe_gradients() before optimizer.step() (the runner), or only step() after it (a plain loop)."""
+    from triadapt.testing.models import toy_batch
+
+    register_plugin(GradientPlugin(), name="gradients")
+    model = ToyModel()
+    ctl = inject(model, config(scorer="gradient-counter", threshold="fixed", fixed_k=1))
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2)
+    x, y = toy_batch()
+    for _ in range(4):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if before_step:
+            ctl.observe_gradients()
+            ctl.observe_gradients()  # a second call in the same step is ignored
+        optimizer.step()
+        ctl.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert ctl.allocator.scorer.seen == [(1, True), (2, True), (3, True), (4, True)]

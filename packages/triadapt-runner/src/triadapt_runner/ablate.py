@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from triadapt_runner.data.loading import load_task
+from triadapt_runner.distributed import check_launch_environment, main_only
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid import Cell, GridSpec
 from triadapt_runner.tracking import FAILED, FINISHED, KILLED, RUNNING, TAG_PREFIX, Tracker
@@ -46,9 +47,17 @@ class GridOutcome:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run_cell(tracker: Tracker, cell: Cell, parent_id: str | None, grid: str | None, progress: bool = True,
-             output_root: str | Path | None = None) -> CellOutcome:
-    """Train one cell as a child run; the run ends FINISHED or FAILED, never left open."""
+def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: str | None, progress: bool = True,
+             output_root: str | Path | None = None, checkpoint_root: str | Path | None = None) -> CellOutcome:
+    """Train one cell as a child run; the run ends FINISHED or FAILED, never left open.
+
+    Every process of a multi-process launch calls this; only the main process has a ``tracker``
+    (the others pass None), so each cell is one MLflow run whatever the world size. With
+    ``checkpoint_root`` the cell checkpoints to ``checkpoint_root/<cell id>`` and resumes from
+    there; the checkpoints are removed once the cell has finished.
+    """
+    if tracker is None:
+        return _run_cell_worker(cell, progress, output_root, checkpoint_root)
     cfg, adapter = cell.config, cell.config.adapter_config(None)
     tags = {f"{T}cell_id": cell.id, f"{T}method": cfg.label, f"{T}task": cfg.data.task, f"{T}seed": str(cell.seed),
             f"{T}config_hash": cfg.config_hash(), f"{T}role": "cell", f"{T}model": cfg.model,
@@ -61,8 +70,10 @@ def run_cell(tracker: Tracker, cell: Cell, parent_id: str | None, grid: str | No
         tracker.log_params(run_id, cfg.to_dict())
         tracker.log_json(run_id, "resolved_config.json", cfg.to_dict())
         with tempfile.TemporaryDirectory(dir=output_root) as tmp:
-            result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress)
+            result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress,
+                               checkpoint_dir=_checkpoints(checkpoint_root, cell))
             _log_result(tracker, run_id, result)
+        _clear_checkpoints(checkpoint_root, cell)
     except BaseException as exc:
         tracker.set_tag(run_id, f"{T}error", f"{type(exc).__name__}: {exc}"[:4000])
         tracker.end_run(run_id, KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
@@ -73,19 +84,46 @@ def run_cell(tracker: Tracker, cell: Cell, parent_id: str | None, grid: str | No
     return CellOutcome(cell, "finished", run_id, metrics=result.metrics)
 
 
+def _run_cell_worker(cell: Cell, progress: bool, output_root: str | Path | None,
+                     checkpoint_root: str | Path | None) -> CellOutcome:
+    """A non-main process: the same training, no tracking (its failure is reported by the main process)."""
+    try:
+        with tempfile.TemporaryDirectory(dir=output_root) as tmp:
+            result = train_run(cell.config, tmp, progress=progress, checkpoint_dir=_checkpoints(checkpoint_root, cell))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        return CellOutcome(cell, "failed", error=_one_line(exc))
+    return CellOutcome(cell, "finished", metrics=result.metrics)
+
+
+def _checkpoints(root: str | Path | None, cell: Cell) -> Path | None:
+    return Path(root) / cell.id if root else None
+
+
+def _clear_checkpoints(root: str | Path | None, cell: Cell) -> None:
+    if root:
+        shutil.rmtree(Path(root) / cell.id, ignore_errors=True)
+
+
 def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
+    tracker.set_tag(run_id, f"{T}world_size", str(result.world_size))
     tracker.log_metrics(run_id, {f"result_{k}": v for k, v in result.metrics.items()}, result.total_steps)
     for key, value in result.protocol.items():
         tracker.set_tag(run_id, f"{T}protocol.{key}", str(value))
     tracker.log_json(run_id, "final_ranks.json", result.ranks)
     out = result.output_dir
-    for name in ("growth_events.json", "rank_trajectory.csv", "rank_heatmap.png"):
-        tracker.log_artifact(run_id, out / name)
+    for name in ("growth_events.json", "rank_trajectory.csv", "rank_heatmap.png", "eval_logits.json"):
+        if (out / name).is_file():
+            tracker.log_artifact(run_id, out / name)
     tracker.log_artifact(run_id, out / "adapter", artifact_path="adapter")  # adapter only, never base weights
 
 
 def preflight(cells: list[Cell]) -> None:
-    """Load each distinct data config and model config once: a bad file, column or model fails before training."""
+    """Load each distinct data config and model config once: a bad file, column or model fails before training.
+
+    Unsupported launch settings (FSDP, fp16) fail here too."""
+    check_launch_environment()
     seen: set[str] = set()
     for cell in cells:
         key = json.dumps(dataclasses.asdict(cell.config.data), sort_keys=True)
@@ -107,27 +145,39 @@ def _check_model(name: str) -> None:
                           f"({type(exc).__name__}); the built-in offline model is 'minilm'") from None
 
 
-def run_grid(spec: GridSpec, tracker: Tracker, *, force: bool = False, fail_fast: bool = False,
-             progress: bool = True) -> GridOutcome:
+def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
+             progress: bool = True, checkpoint_root: str | Path | None = None) -> GridOutcome:
+    """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker."""
+    main = tracker is not None
     cells = spec.cells()
     preflight(cells)
-    parent_id = _parent(spec, tracker, force)
-    done = _finished_cells(tracker, parent_id)
+    parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
     outcomes = []
-    bar = tqdm(cells, desc=f"grid {spec.name}", disable=not progress, unit="cell")
+    bar = tqdm(cells, desc=f"grid {spec.name}", disable=not (progress and main), unit="cell")
     for cell in bar:
         if cell.id in done:
             outcomes.append(CellOutcome(cell, "skipped", done[cell.id]))
-            print(f"{'skipped':<9}{cell.id} {cell.method} {cell.task} seed {cell.seed} (finished earlier)", flush=True)
+            _say(main, f"{'skipped':<9}{cell.id} {cell.method} {cell.task} seed {cell.seed} (finished earlier)")
             continue
-        outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress)
+        outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root)
         outcomes.append(outcome)
         detail = outcome.error if outcome.status == "failed" else _metrics_text(outcome.metrics)
-        print(f"{outcome.status:<9}{cell.id} {cell.method} {cell.task} seed {cell.seed}: {detail}", flush=True)
+        _say(main, f"{outcome.status:<9}{cell.id} {cell.method} {cell.task} seed {cell.seed}: {detail}")
         if outcome.status == "failed" and fail_fast:
             break
-    tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
+    if main:
+        tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
     return GridOutcome(parent_id, outcomes)
+
+
+def _open_grid(spec: GridSpec, tracker: Tracker, force: bool) -> tuple[str, dict[str, str]]:
+    parent_id = _parent(spec, tracker, force)
+    return parent_id, _finished_cells(tracker, parent_id)
+
+
+def _say(main: bool, line: str) -> None:
+    if main:
+        print(line, flush=True)
 
 
 def _parent(spec: GridSpec, tracker: Tracker, force: bool) -> str:

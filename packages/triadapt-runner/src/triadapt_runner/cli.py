@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triadapt", description="TriAdaptLoRA: train, ablate, compare.")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="LoRA vs TriAdaptLoRA on MiniLM + Rotten Tomatoes, tracked in MLflow")
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.epochs=2 --set adapter.threshold=fixed")
     train.add_argument("--task", help="shortcut for --set data.task=TASK")
+    _checkpoint_arg(train)
     _tracking_args(train)
     train.set_defaults(handler=_train)
 
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     ablate.add_argument("--force", action="store_true", help="start a new parent run if the spec changed")
     ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    _checkpoint_arg(ablate)
     _tracking_args(ablate, default_experiment=None)
     ablate.set_defaults(handler=_ablate)
 
@@ -80,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="save the whole training state under DIR/<cell id> (every train.checkpoint_every steps, "
+                             "default every growth interval) and resume from it when rerun")
+
+
 def _tracking_args(parser: argparse.ArgumentParser, default_experiment: str | None = "triadapt") -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///./mlflow.db)")
@@ -91,6 +100,7 @@ def _tracking_args(parser: argparse.ArgumentParser, default_experiment: str | No
 def _train(args: argparse.Namespace) -> int:
     from triadapt_runner.ablate import preflight, run_cell
     from triadapt_runner.config import RunConfig, apply_overrides
+    from triadapt_runner.distributed import init_processes, is_main_process, main_only
     from triadapt_runner.grid import Cell
     from triadapt_runner.tracking import Tracker
 
@@ -100,9 +110,12 @@ def _train(args: argparse.Namespace) -> int:
         overrides["data.task"] = args.task
     cfg = RunConfig.from_dict(apply_overrides(base, overrides))
     cell = Cell(cfg.config_hash(with_seed=True), cfg, {}, cfg.train.seed)
+    init_processes()
     preflight([cell])
-    tracker = Tracker(args.tracking_uri, args.experiment)
-    outcome = run_cell(tracker, cell, None, None, progress=not args.no_progress)
+    tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment), share=False)  # None on other processes
+    outcome = run_cell(tracker, cell, None, None, progress=not args.no_progress, checkpoint_root=args.checkpoint_dir)
+    if not is_main_process():
+        return 1 if outcome.status == "failed" else 0
     if outcome.status == "failed":
         print(f"triadapt: run failed: {outcome.error} (MLflow run {outcome.run_id})", file=sys.stderr)
         return 1
@@ -112,6 +125,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _ablate(args: argparse.Namespace) -> int:
     from triadapt_runner.ablate import dry_run_lines, run_grid, summary_lines
+    from triadapt_runner.distributed import init_processes, is_main_process, main_only
     from triadapt_runner.grid import load_grid
     from triadapt_runner.tracking import Tracker
 
@@ -119,9 +133,13 @@ def _ablate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(dry_run_lines(spec)))
         return 0
-    tracker = Tracker(args.tracking_uri, args.experiment or spec.experiment)
-    outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast, progress=not args.no_progress)
-    print("\n".join(summary_lines(outcome)))
+    init_processes()
+    main = is_main_process()
+    tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment or spec.experiment), share=False)
+    outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast,
+                       progress=not args.no_progress, checkpoint_root=args.checkpoint_dir)
+    if main:
+        print("\n".join(summary_lines(outcome)))
     return 1 if outcome.failed else 0
 
 

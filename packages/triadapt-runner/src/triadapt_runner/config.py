@@ -79,6 +79,10 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16
     log_every: int = 10
     threads: int | None = None
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage 0-3; null: no DeepSpeed (DDP when launched multi-process)
+    offload_optimizer: bool = False  # DeepSpeed ZeRO-Offload of the optimizer state to CPU (zero_stage >= 1)
+    deepspeed_config: str | None = None  # a DeepSpeed JSON config; the fields above override its values
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints (null: at every growth interval)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
@@ -97,6 +101,16 @@ class TrainConfig:
             raise invalid("train.seed", self.seed, "must be an integer")
         if self.report not in ("best", "last"):
             raise invalid("train.report", self.report, "use 'best' or 'last'")
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise invalid("train.zero_stage", self.zero_stage, "use 0, 1, 2 or 3 (or null for no DeepSpeed)")
+        if not isinstance(self.offload_optimizer, bool):
+            raise invalid("train.offload_optimizer", self.offload_optimizer, "must be true or false")
+        if self.offload_optimizer and not self.zero_stage and not self.deepspeed_config:
+            raise invalid("train.offload_optimizer", self.offload_optimizer, "needs train.zero_stage 1, 2 or 3")
+        if self.deepspeed_config is not None:
+            read_deepspeed_config(self.deepspeed_config)
+        if self.checkpoint_every is not None and (not _is_int(self.checkpoint_every) or self.checkpoint_every < 1):
+            raise invalid("train.checkpoint_every", self.checkpoint_every, "must be a positive integer or null")
         if self.mixed_precision not in ("no", "bf16"):
             raise invalid("train.mixed_precision", self.mixed_precision,
                           "use 'no' or 'bf16' (fp16 needs a GPU loss scaler and is not supported on CPU)")
@@ -199,6 +213,22 @@ def _reject_unknown(prefix: str, data: dict[str, Any], known: set[str]) -> None:
     if unknown:
         raise RunnerError(f"{prefix}{unknown[0]}={data[unknown[0]]!r} is invalid: unknown key; "
                           f"valid keys are {', '.join(prefix + k for k in sorted(known))}")
+
+
+def read_deepspeed_config(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing file, bad JSON or fp16 is a one-line error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (FileNotFoundError, IsADirectoryError):
+        raise invalid("train.deepspeed_config", path, "no such file; give the path of a DeepSpeed JSON config") from None
+    except json.JSONDecodeError as exc:
+        raise invalid("train.deepspeed_config", path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise invalid("train.deepspeed_config", path, "must hold a JSON object")
+    if (data.get("fp16") or {}).get("enabled"):
+        raise invalid("train.deepspeed_config", path, "fp16 is not supported; use bf16 (\"bf16\": {\"enabled\": true})")
+    return data
 
 
 def _is_int(value: Any) -> bool:

@@ -23,9 +23,14 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 from transformers.utils import logging as hf_logging
 
 from triadapt import Controller, inject
+from triadapt.gradients import set_grad_accessor
 from triadapt_runner import metrics as task_metrics
+from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
 from triadapt_runner.config import DEFAULT_MODEL, RunConfig
 from triadapt_runner.data.loading import load_task
+from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole,
+                                         make_accelerator, make_units_whole, save_adapter, uses_deepspeed, zero_stage)
+from triadapt_runner.errors import RunnerError
 from triadapt_runner.data.tasks import TaskSpec
 from triadapt_runner.plots import rank_heatmap
 from triadapt_runner.qa import pipeline as qa
@@ -44,6 +49,7 @@ class RunResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     output_dir: Path | None = None
     total_steps: int = 0
+    world_size: int = 1
 
 
 def model_path(name: str) -> str:
@@ -55,13 +61,18 @@ def model_path(name: str) -> str:
 
 
 def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, progress: bool = True,
-              accelerator: Accelerator | None = None) -> RunResult:
-    """Train and evaluate one run; writes the adapter and plots to ``output_dir``."""
+              accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None) -> RunResult:
+    """Train and evaluate one run; writes the adapter and plots to ``output_dir``.
+
+    The same code serves one process, DDP and DeepSpeed (see `triadapt_runner.distributed`).
+    With ``checkpoint_dir``, the whole training state is saved there every
+    ``train.checkpoint_every`` optimizer steps (default: at every growth event) and a rerun
+    resumes from the latest complete checkpoint.
+    """
     hf_logging.set_verbosity_error()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-                                             mixed_precision=cfg.train.mixed_precision)
+    accelerator = accelerator or make_accelerator(cfg.train)
     set_seed(cfg.train.seed)
     task, splits = load_task(cfg.data)
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
@@ -71,6 +82,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     else:
         train_loader, eval_loader = _loaders(cfg, task, splits, tokenizer)
         reference, model = None, _model(cfg, task)
+    shuffle = train_loader.generator  # reseeded per epoch: the data order depends on (seed, epoch) only
     train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
 
     # per-process batches after sharding; the last partial accumulation window still makes a step
@@ -80,43 +92,115 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     plan = ctl.validate_schedule()
     _print_schedule(accelerator, cfg, total_steps, ctl, plan)
 
-    # fused AdamW: one kernel over the many small rank-unit tensors (same maths as the for-loop version)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.train.weight_decay), lr=cfg.train.learning_rate,
-                                  fused=True)
+    optimizer = _optimizer(model, cfg, accelerator)
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps) * world,
                                                 total_steps * world)
+    units = [p for layer in ctl.layers.values() for p in layer.units.parameters()]
+    keep_units_whole(accelerator, max(p.numel() for p in units))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if zero_stage(accelerator) == 3:
+        make_units_whole(units)
+    install_grad_accessor(accelerator)
+    engine = model if uses_deepspeed(accelerator) else None
 
-    history, step = [], 0
-    bar = tqdm(total=total_steps, desc=cfg.label, disable=not (progress and accelerator.is_main_process),
-               leave=False)
-    for epoch in range(1, cfg.train.epochs + 1):
+    state = Progress()
+    accelerator.register_for_checkpointing(ctl, state)
+    accelerator.register_save_state_pre_hook(trainable_only(model))
+    checkpoints = Checkpointer(accelerator, checkpoint_dir) if checkpoint_dir else None
+    every = cfg.train.checkpoint_every or ctl.config.growth_interval
+    resumed = checkpoints.latest() if checkpoints else None
+    if resumed is not None:
+        checkpoints.load(resumed, state)
+        if accelerator.is_main_process:
+            print(f"[{cfg.label}] resumed from {resumed} (step {state.step} of {total_steps})", flush=True)
+
+    bar = tqdm(total=total_steps, initial=state.step, desc=cfg.label,
+               disable=not (progress and accelerator.is_main_process), leave=False)
+    for epoch in range(state.epoch, cfg.train.epochs + 1):
         model.train()
-        for batch in train_loader:
+        shuffle.manual_seed(cfg.train.seed + (epoch - 1) * 1_000_003)  # epoch 1: the seed itself
+        skip = state.batches_in_epoch if epoch == state.epoch else 0
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        batches = iter(loader)
+        if resumed is not None and state.torch_rng is not None:  # dropout continues as if never interrupted
+            torch.set_rng_state(state.torch_rng)
+            state.torch_rng = None
+        state.epoch, state.batches_in_epoch = epoch, skip
+        for batch in batches:
+            state.batches_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                accelerator.backward(loss + ctl.orthogonal_loss())
-                if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                if accelerator.sync_gradients:  # an optimizer step happened: grow (gradients still present)
-                    step += 1
-                    event = ctl.step()
-                    bar.update(1)
-                    if log and (step % cfg.train.log_every == 0 or event is not None or step == total_steps):
-                        log(_step_metrics(loss, scheduler, ctl), step)
-                optimizer.zero_grad(set_to_none=True)
+                if not _backward_and_step(accelerator, engine, loss + ctl.orthogonal_loss(), ctl, model, optimizer,
+                                          scheduler, cfg.train.max_grad_norm):
+                    continue
+            state.step += 1
+            event = ctl.step()  # an optimizer step happened: count it, grow if due
+            if event is not None:
+                check_same_ranks(accelerator, ctl)
+            bar.update(1)
+            if log and (state.step % cfg.train.log_every == 0 or event is not None or state.step == total_steps):
+                log(_step_metrics(loss, scheduler, ctl), state.step)
+            if checkpoints and state.step % every == 0 and state.step < total_steps:
+                checkpoints.save(state.step)
         if task.is_qa:
             scores = qa.qa_evaluate(model, eval_loader, reference, qa.settings_for(cfg, task), accelerator)
+            logits = None
         else:
-            scores = evaluate(model, eval_loader, task, accelerator)
-        history.append({"epoch": epoch, **scores})
+            scores, logits = evaluate(model, eval_loader, task, accelerator)
+        state.history.append({"epoch": epoch, **scores})
         if log:
-            log({f"eval_{k}": v for k, v in scores.items()}, step)
+            log({f"eval_{k}": v for k, v in scores.items()}, state.step)
+        state.epoch, state.batches_in_epoch = epoch + 1, 0
     bar.close()
-    return _finish(cfg, task, ctl, history, Path(output_dir), total_steps)
+    set_grad_accessor(None)
+    result = _finish(cfg, task, ctl, state.history, Path(output_dir), total_steps, accelerator, logits)
+    result.world_size = accelerator.num_processes
+    return result
+
+
+def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor, ctl: Controller,
+                       model: torch.nn.Module, optimizer: Any, scheduler: Any, max_grad_norm: float) -> bool:
+    """Backward; at an accumulation boundary let gradient-reading scorers observe, then step. True if stepped."""
+    sync = accelerator.sync_gradients
+    if engine is not None:  # DeepSpeed: gradients exist only between backward and engine.step()
+        engine.set_gradient_accumulation_boundary(is_boundary=sync)
+        engine.backward(loss)
+        if sync:
+            ctl.observe_gradients()
+            engine.step()  # clipping (from the DeepSpeed config), optimizer step, zero_grad
+            scheduler.step()  # accelerate keeps our LambdaLR outside the engine
+        return sync
+    accelerator.backward(loss)
+    if sync:
+        ctl.observe_gradients()
+        if max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sync
+
+
+def check_same_ranks(accelerator: Accelerator, ctl: Controller) -> None:
+    """All processes must have taken the same growth decision; stop loudly if they have not."""
+    patterns = gather(accelerator, ctl.ranks)
+    if any(p != patterns[0] for p in patterns[1:]):
+        differing = [i for i, p in enumerate(patterns) if p != patterns[0]]
+        raise RunnerError(f"processes {differing} took other growth decisions than process 0 at step "
+                          f"{ctl.step_count}; scores must come from identical factors on every process")
+
+
+def _optimizer(model: torch.nn.Module, cfg: RunConfig, accelerator: Accelerator) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.train.weight_decay)
+    if cfg.train.offload_optimizer and torch.cuda.is_available():
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # the fast host optimizer for ZeRO-Offload
+
+        return DeepSpeedCPUAdam(groups, lr=cfg.train.learning_rate, adamw_mode=True)
+    # fused AdamW: one kernel over the many small rank-unit tensors (same maths as the for-loop version);
+    # DeepSpeed flattens the parameters into a few partitions itself, where the default implementation is used
+    fused = not (cfg.train.zero_stage is not None or cfg.train.deepspeed_config)
+    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
 
 
 def _loaders(cfg: RunConfig, task: TaskSpec, splits: Any, tokenizer: Any) -> tuple[Any, Any]:
@@ -158,16 +242,18 @@ def _step_metrics(loss: torch.Tensor, scheduler: Any, ctl: Controller) -> dict[s
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, task: TaskSpec, accelerator: Accelerator) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: Any, task: TaskSpec,
+             accelerator: Accelerator) -> tuple[dict[str, float], list[list[float]]]:
+    """Validation metrics and the logits of every example, in dataset order (gathered over processes)."""
     model.eval()
-    predictions, labels = [], []
+    predictions, labels, all_logits = [], [], []
     for batch in loader:
-        logits = model(**batch).logits
+        logits, gold = accelerator.gather_for_metrics((model(**batch).logits, batch["labels"]))
         preds = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        preds, gold = accelerator.gather_for_metrics((preds, batch["labels"]))
         predictions.extend(preds.float().cpu().tolist() if task.is_regression else preds.cpu().tolist())
         labels.extend(gold.cpu().tolist())
-    return task_metrics.compute(task.metrics, predictions, labels)
+        all_logits.extend(logits.float().cpu().tolist())
+    return task_metrics.compute(task.metrics, predictions, labels), all_logits
 
 
 def _print_schedule(accelerator: Accelerator, cfg: RunConfig, total: int, ctl: Controller, plan: list) -> None:
@@ -180,20 +266,24 @@ def _print_schedule(accelerator: Accelerator, cfg: RunConfig, total: int, ctl: C
 
 
 def _finish(cfg: RunConfig, task: TaskSpec, ctl: Controller, history: list[dict[str, float]], out: Path,
-            total_steps: int) -> RunResult:
+            total_steps: int, accelerator: Accelerator, logits: list[list[float]] | None) -> RunResult:
     main = task.main_metric
     chosen = max(history, key=lambda h: h[main]) if cfg.train.report == "best" else history[-1]
     protocol = {"report": cfg.train.report, "split": "validation", "epoch": int(chosen["epoch"]),
                 "main_metric": main, "seed": cfg.train.seed}
     out.mkdir(parents=True, exist_ok=True)
-    ctl.save(out / "adapter")
-    rank_heatmap(ctl.ranks, out / "rank_heatmap.png", title=f"{cfg.label} on {cfg.data.task}: final ranks")
-    events = [e.to_dict() for e in ctl.events]
-    (out / "growth_events.json").write_text(json.dumps(events, indent=2))
-    _write_trajectory(out / "rank_trajectory.csv", ctl, events)
+    save_adapter(ctl, out / "adapter", accelerator)
     metrics = {k: v for k, v in chosen.items() if k != "epoch"}
-    return RunResult(metrics=metrics, protocol=protocol, history=history, ranks=ctl.ranks, events=events,
-                     output_dir=out, total_steps=total_steps)
+    result = RunResult(metrics=metrics, protocol=protocol, history=history, ranks=ctl.ranks,
+                       events=[e.to_dict() for e in ctl.events], output_dir=out, total_steps=total_steps)
+    if not accelerator.is_main_process:
+        return result
+    if logits is not None:  # of the final model, i.e. of the saved adapter
+        (out / "eval_logits.json").write_text(json.dumps(logits))
+    rank_heatmap(ctl.ranks, out / "rank_heatmap.png", title=f"{cfg.label} on {cfg.data.task}: final ranks")
+    (out / "growth_events.json").write_text(json.dumps(result.events, indent=2))
+    _write_trajectory(out / "rank_trajectory.csv", ctl, result.events)
+    return result
 
 
 def _write_trajectory(path: Path, ctl: Controller, events: list[dict[str, Any]]) -> None:

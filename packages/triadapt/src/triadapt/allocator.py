@@ -53,6 +53,7 @@ class Allocator:
         self.initial_budget = config.budget(len(self.layers))
         self.initial_total_rank = self.total_rank()
         self.step_count = 0
+        self.observed_step = 0  # the step whose gradients the scorer has seen
         self.events: list[GrowthEvent] = []
         self.check_budget()
 
@@ -120,11 +121,17 @@ class Allocator:
         return plan
 
     # -- the per-step entry point -----------------------------------------------------------------
+    def observe(self) -> None:
+        """Let a gradient-reading scorer see the gradients of the coming optimizer step (once per step)."""
+        upcoming = self.step_count + 1
+        if self.scorer.observes_steps and self.observed_step != upcoming:
+            self.scorer.observe(self.layers, upcoming)
+            self.observed_step = upcoming
+
     def step(self) -> GrowthEvent | None:
         """Count one optimizer step; grow if an event is due. Returns the event, if any."""
+        self.observe()  # no-op when the training loop already called it before optimizer.step()
         self.step_count += 1
-        if self.scorer.observes_steps:
-            self.scorer.observe(self.layers, self.step_count)
         return self.maybe_grow(self.step_count)
 
     def maybe_grow(self, step: int) -> GrowthEvent | None:
@@ -174,6 +181,6 @@ class Allocator:
                              f"unexpected {extra[:3]}")
         for name, rank in ranks.items():
             self.layers[name].set_rank(int(rank))
-        self.step_count = int(state["step"])
+        self.step_count = self.observed_step = int(state["step"])
         self.scorer.load_state_dict(state["scorer"])
         self.events = [GrowthEvent(**event) for event in state["events"]]

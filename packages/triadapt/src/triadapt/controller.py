@@ -115,6 +115,15 @@ class Controller:
             self.registry.notify_growth(event, self.ranks, context)
         return event
 
+    def observe_gradients(self) -> None:
+        """Optional: call between ``backward`` and ``optimizer.step()`` on every process.
+
+        Scorers that read gradients (``observes_steps``) then see them before the step; engines
+        that free gradients inside their step (DeepSpeed) need this. Without the call, ``step()``
+        lets them observe after the optimizer step, while ``param.grad`` still holds the gradients.
+        """
+        self.allocator.observe()
+
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Run ``step()`` automatically after each ``optimizer.step()``."""
         if self._hook is not None:

@@ -1,0 +1,211 @@
+"""Process setup for single-process, DDP and DeepSpeed (ZeRO 0-3) runs; the same loop serves all.
+
+* DDP (``accelerate launch --multi_gpu``, ``torchrun``): inactive rank units take no part in the
+  forward, so DDP runs with ``find_unused_parameters=True``; their gradients stay None.
+* DeepSpeed (``train.zero_stage`` or ``train.deepspeed_config``): accelerate's DeepSpeed plugin.
+  Rank units are small vectors; under ZeRO-3 they are kept whole on every process (DeepSpeed's
+  parameter persistence threshold is raised above the largest unit) while the base weights are
+  partitioned, so scores, growth and the regulariser always see the true factors. The runner
+  checks that after ``deepspeed.initialize`` and installs a ZeRO-aware gradient accessor.
+* CPU runs use the gloo backend. Unsupported setups (FSDP, fp16) fail before training.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
+
+from triadapt.gradients import set_grad_accessor
+from triadapt_runner.config import TrainConfig, read_deepspeed_config
+from triadapt_runner.errors import RunnerError
+
+
+def check_launch_environment() -> None:
+    """Fail fast on launcher settings the runner does not support, saying what to use instead."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise RunnerError("FSDP is not supported: it flattens parameters and cannot leave inactive rank units "
+                          "out of the forward; use DeepSpeed ZeRO-3 instead (--set train.zero_stage=3)")
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "fp16":
+        raise RunnerError("ACCELERATE_MIXED_PRECISION='fp16' is not supported: use bf16 (train.mixed_precision=bf16)")
+
+
+def make_accelerator(train: TrainConfig) -> Accelerator:
+    """An Accelerator for this run; the process group (if any) is created once and reused by later runs."""
+    check_launch_environment()
+    if AcceleratorState._shared_state:  # an earlier run (grid cell) of this process; the process group stays
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if world_size() > 1 and not torch.cuda.is_available():
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    plugin = deepspeed_plugin(train)
+    return Accelerator(gradient_accumulation_steps=train.gradient_accumulation_steps,
+                       mixed_precision=train.mixed_precision, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+
+
+def deepspeed_plugin(train: TrainConfig) -> DeepSpeedPlugin | None:
+    if train.zero_stage is None and not train.deepspeed_config:
+        return None
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise RunnerError("train.zero_stage needs DeepSpeed: pip install 'triadapt-runner[deepspeed]'") from None
+    config = read_deepspeed_config(train.deepspeed_config) if train.deepspeed_config else {}
+    zero = dict(config.get("zero_optimization") or {})
+    if train.zero_stage is not None:
+        zero["stage"] = train.zero_stage
+    zero.setdefault("stage", 0)
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if not torch.cuda.is_available():  # CPU-only: the torch AdamW already runs where the state lives
+            config["zero_force_ds_cpu_optimizer"] = False
+    config["zero_optimization"] = zero
+    config["gradient_accumulation_steps"] = train.gradient_accumulation_steps
+    config["gradient_clipping"] = train.max_grad_norm
+    config.setdefault("train_micro_batch_size_per_gpu", train.batch_size)
+    config.setdefault("train_batch_size", "auto")
+    if train.mixed_precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    return DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=False)
+
+
+def uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    if not uses_deepspeed(accelerator):
+        return None
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"].get("stage", 0))
+
+
+def keep_units_whole(accelerator: Accelerator, largest_unit: int) -> None:
+    """Under ZeRO-3, raise the persistence threshold so that no rank unit is partitioned (before prepare)."""
+    if zero_stage(accelerator) != 3:
+        return
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+    threshold = zero.get("stage3_param_persistence_threshold", "auto")
+    if threshold == "auto" or int(threshold) < largest_unit:
+        zero["stage3_param_persistence_threshold"] = int(largest_unit)
+
+
+def make_units_whole(unit_params: list[torch.nn.Parameter]) -> None:
+    """After deepspeed.initialize under ZeRO-3: gather every rank unit; being persistent, they stay whole.
+
+    DeepSpeed re-gathers persistent parameters after every optimizer step, so the factors are
+    the true ones on every process for scoring, growth and the regulariser. A unit that is not
+    persistent (a user config with a lower threshold) is an error.
+    """
+    partitioned = [p for p in unit_params if not getattr(p, "ds_persist", False)]
+    if partitioned:
+        raise RunnerError(f"{len(partitioned)} rank-unit parameters would be partitioned by ZeRO-3; set "
+                          f"stage3_param_persistence_threshold >= {max(p.ds_numel for p in partitioned)} "
+                          f"in train.deepspeed_config (or leave it 'auto')")
+    unit_params[0].all_gather(unit_params)
+    empty = [p for p in unit_params if p.numel() != p.ds_numel]
+    if empty:
+        raise RunnerError(f"{len(empty)} rank-unit parameters are not whole after gathering under ZeRO-3")
+
+
+def install_grad_accessor(accelerator: Accelerator) -> None:
+    """Scorers that read gradients get the full gradient under ZeRO (safe_get_full_grad), else param.grad."""
+    if uses_deepspeed(accelerator):
+        from deepspeed.utils import safe_get_full_grad
+
+        set_grad_accessor(safe_get_full_grad)
+    else:
+        set_grad_accessor(None)
+
+
+def gather(accelerator: Accelerator, value: Any) -> list[Any]:
+    """Every process's ``value``, in rank order, on every process."""
+    if accelerator.num_processes == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * accelerator.num_processes
+    dist.all_gather_object(out, value)
+    return out
+
+
+def save_adapter(ctl: Any, path: Any, accelerator: Accelerator) -> None:
+    """Save the adapter from the main process, gathering ZeRO-3-partitioned heads first; verify the file.
+
+    Every process must call this (the gather is collective). The written tensors are read back
+    and compared with the live ones: an empty or differing tensor is an error, not a silent
+    half-saved adapter.
+    """
+    from safetensors.torch import load_file
+
+    from triadapt.persistence import WEIGHTS_FILE, adapter_tensors
+
+    params = [p for h in ctl.heads for p in ctl.model.get_submodule(h).parameters()]
+    params += [p for layer in ctl.layers.values() for p in layer.units.parameters()]
+    with _gathered(accelerator, params):
+        if accelerator.is_main_process:
+            ctl.save(path)
+            live = adapter_tensors(ctl)
+            saved = load_file(str(path / WEIGHTS_FILE))
+            bad = sorted(k for k, v in live.items()
+                         if k not in saved or saved[k].numel() == 0 or not torch.equal(saved[k], v.cpu()))
+            if bad:
+                raise RunnerError(f"{path / WEIGHTS_FILE}: {len(bad)} tensors are empty or differ from the model "
+                                  f"after saving (first: {bad[0]}); the adapter was not saved correctly")
+    accelerator.wait_for_everyone()
+
+
+def _gathered(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> Any:
+    import contextlib
+
+    if zero_stage(accelerator) != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+# -- process group and main-process decisions -------------------------------------------------------
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def init_processes() -> None:
+    """Under a multi-process launch (torchrun, deepspeed, accelerate launch), join the process group once."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def main_only(fn: Any, share: bool = True) -> Any:
+    """Run ``fn`` on the main process only; every process gets its result (if ``share``) or its error.
+
+    Non-main processes get None when ``share`` is false. A bad tracking URI or a changed grid
+    spec then stops every process with the same one-line message instead of leaving the
+    others waiting in a collective call.
+    """
+    import torch.distributed as dist
+
+    if world_size() == 1 or not dist.is_initialized():
+        return fn()
+    value, box = None, [("ok", None)]
+    if is_main_process():
+        try:
+            value = fn()
+            box = [("ok", value if share else None)]
+        except RunnerError as exc:
+            box = [("error", str(exc))]
+    dist.broadcast_object_list(box, src=0)
+    kind, shared = box[0]
+    if kind == "error":
+        raise RunnerError(shared)
+    return value if is_main_process() else shared

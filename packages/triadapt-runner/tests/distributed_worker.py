@@ -1,0 +1,42 @@
+"""Run by the distributed tests under a real launcher (deepspeed, torchrun, accelerate launch).
+
+Each process trains with the runner's `train_run` and writes what it saw to ``OUT/rank<N>.json``:
+world size, final ranks, growth events and its losses. Arguments: OUT CONFIG_JSON [CHECKPOINT_DIR]
+[STOP_AFTER_CHECKPOINT]. With STOP_AFTER_CHECKPOINT the process exits hard (os._exit, as a
+crash would) right after the first checkpoint at or after that step is complete.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+out, config = Path(args[0]), json.loads(args[1])
+checkpoints = args[2] if len(args) > 2 and args[2] != "-" else None
+stop_after = int(args[3]) if len(args) > 3 else None
+
+from triadapt_runner import checkpointing  # noqa: E402
+from triadapt_runner.config import RunConfig  # noqa: E402
+from triadapt_runner.distributed import init_processes  # noqa: E402
+from triadapt_runner.training import train_run  # noqa: E402
+
+if stop_after is not None:  # simulate a crash right after a complete checkpoint
+    original = checkpointing.Checkpointer.save
+
+    def save_then_crash(self, step):
+        path = original(self, step)
+        if step >= stop_after:
+            os._exit(17)
+        return path
+
+    checkpointing.Checkpointer.save = save_then_crash
+
+init_processes()
+rank = int(os.environ.get("RANK", "0"))
+losses = []
+result = train_run(RunConfig.from_dict(config), out / f"run{rank}", progress=False, checkpoint_dir=checkpoints,
+                   log=lambda metrics, step: losses.append((step, metrics["loss"])) if "loss" in metrics else None)
+(out / f"rank{rank}.json").write_text(json.dumps({
+    "world_size": result.world_size, "ranks": result.ranks, "events": result.events, "losses": losses,
+    "metrics": result.metrics, "total_steps": result.total_steps}))

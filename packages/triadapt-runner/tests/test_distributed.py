@@ -1,0 +1,265 @@
+"""Real 2-process runs on CPU (gloo): DeepSpeed ZeRO-2 / ZeRO-3 under the deepspeed launcher, DDP under
+`accelerate launch`, a grid under torchrun, and crash-and-resume (single process: exact; ZeRO-2: same
+rank pattern, loss within tolerance)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import free_port, write_yaml
+
+pytest.importorskip("deepspeed", reason="the distributed tests need deepspeed (pip install 'triadapt-runner[deepspeed]')")
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+CONFIG = {"task": "rotten_tomatoes",
+          "data": {"max_train_samples": 64, "max_eval_samples": 32, "max_length": 32},
+          "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 16, "learning_rate": 1e-2, "log_every": 1,
+                    "threads": 1},
+          "adapter": {"ref_rank": 2, "max_rank": 4, "warmup_steps": 1, "growth_interval": 2}}
+
+
+def config(**train):
+    return {**CONFIG, "train": {**CONFIG["train"], **train}}
+
+
+def launch(kind, out, cfg, checkpoints="-", stop_after=None):
+    """Run the worker under a real launcher with 2 processes (or alone for kind='single'; 1 GPU for 'gpu')."""
+    out.mkdir(parents=True, exist_ok=True)
+    args = [str(out), json.dumps(cfg), str(checkpoints)] + ([str(stop_after)] if stop_after else [])
+    port = str(free_port())
+    if kind in ("deepspeed", "gpu"):
+        gpus = "1" if kind == "gpu" else "2"
+        cmd = [str(BIN / "deepspeed"), "--num_gpus", gpus, "--master_port", port, str(WORKER), *args]
+        env = ENV if kind == "deepspeed" else {k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}
+    elif kind == "accelerate":
+        cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, str(WORKER), *args]
+        env = {**ENV, "ACCELERATE_USE_CPU": "1"}
+    else:
+        cmd, env = [sys.executable, str(WORKER), *args], ENV
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    return proc
+
+
+def results(out, world=2):
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def assert_consistent_run(out, world=2):
+    per_rank = results(out, world)
+    assert [r["world_size"] for r in per_rank] == [world] * world
+    assert all(r["ranks"] == per_rank[0]["ranks"] for r in per_rank)  # identical growth decisions
+    assert all(r["events"] == per_rank[0]["events"] for r in per_rank)
+    assert len(per_rank[0]["events"]) >= 3
+    losses = [[loss for _, loss in r["losses"]] for r in per_rank]
+    first = sum(sum(l[:4]) for l in losses) / (4 * world)
+    last = sum(sum(l[-4:]) for l in losses) / (4 * world)
+    assert last < first - 0.02, (first, last)
+    return per_rank
+
+
+def same_events(left, right, tol=1e-4):
+    """Equal growth decisions (step, k, grown) and scores equal up to ``tol``."""
+    assert [(e["step"], e["k"], e["grown"]) for e in left] == [(e["step"], e["k"], e["grown"]) for e in right]
+    for a, b in zip(left, right):
+        torch.testing.assert_close(torch.tensor(list(a["scores"].values())), torch.tensor(list(b["scores"].values())),
+                                   atol=tol, rtol=tol)
+    return True
+
+
+def reloaded_logits(cfg, adapter_dir):
+    """A fresh single-process model with the saved adapter, on the same validation rows."""
+    from transformers import AutoTokenizer
+
+    import triadapt
+    from triadapt_runner.config import RunConfig
+    from triadapt_runner.data.loading import load_task
+    from triadapt_runner.training import _loaders, _model, model_path
+
+    run = RunConfig.from_dict(cfg)
+    task, splits = load_task(run.data)
+    _, loader = _loaders(run, task, splits, AutoTokenizer.from_pretrained(model_path(run.model)))
+    model = _model(run, task)
+    triadapt.load(model, adapter_dir)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(**batch).logits for batch in loader])
+
+
+def finished_run(factory, kind, cfg):
+    """The output folder of a launched run that must succeed (shared by several tests)."""
+    out = factory.mktemp(kind)
+    proc = launch(kind, out, cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def zero2(tmp_path_factory):
+    return finished_run(tmp_path_factory, "deepspeed", config(zero_stage=2))
+
+
+@pytest.fixture(scope="module")
+def zero3(tmp_path_factory):
+    return finished_run(tmp_path_factory, "deepspeed", config(zero_stage=3))
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_processes(stage, zero2, zero3):
+    out = zero2 if stage == 2 else zero3
+    assert_consistent_run(out)
+    saved = json.loads((out / "run0" / "eval_logits.json").read_text())
+    again = reloaded_logits(config(zero_stage=stage), out / "run0" / "adapter")
+    torch.testing.assert_close(again, torch.tensor(saved), atol=1e-5, rtol=1e-5)
+
+
+def test_zero3_matches_zero2(zero2, zero3):
+    """ZeRO-3 partitions the base weights but keeps the rank units whole: same growth, same losses."""
+    two, three = results(zero2), results(zero3)
+    assert same_events(two[0]["events"], three[0]["events"])
+    torch.testing.assert_close(torch.tensor([l for _, l in three[0]["losses"]]),
+                               torch.tensor([l for _, l in two[0]["losses"]]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("train", [
+    {"zero_stage": 1, "offload_optimizer": True, "gradient_accumulation_steps": 2, "epochs": 5},
+    {"zero_stage": 0, "mixed_precision": "bf16"}], ids=["zero1-offload-accumulation", "zero0-bf16"])
+def test_deepspeed_stages_0_and_1_with_offload_accumulation_bf16(train, tmp_path):
+    cfg = config(**train)
+    proc = launch("deepspeed", tmp_path, cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    per_rank = assert_consistent_run(tmp_path)
+    steps = 64 // (8 * 2) // train.get("gradient_accumulation_steps", 1) * train.get("epochs", 3)
+    assert per_rank[0]["total_steps"] == steps  # growth counts optimizer steps, not micro-batches
+    saved = json.loads((tmp_path / "run0" / "eval_logits.json").read_text())
+    tol = 2e-2 if train.get("mixed_precision") == "bf16" else 1e-5
+    torch.testing.assert_close(reloaded_logits(cfg, tmp_path / "run0" / "adapter"), torch.tensor(saved),
+                               atol=tol, rtol=tol)
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    return finished_run(tmp_path_factory, "accelerate", config())
+
+
+def test_ddp_through_accelerate_launch(ddp):
+    assert_consistent_run(ddp)
+    saved = json.loads((ddp / "run0" / "eval_logits.json").read_text())
+    torch.testing.assert_close(reloaded_logits(config(), ddp / "run0" / "adapter"), torch.tensor(saved),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_ddp_resume_after_a_crash(ddp, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert launch("accelerate", tmp_path, config(), checkpoints=ckpt, stop_after=6).returncode != 0
+    resumed = launch("accelerate", tmp_path, config(), checkpoints=ckpt)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    full, again = results(ddp), results(tmp_path)
+    assert [r["ranks"] for r in again] == [full[0]["ranks"]] * 2
+    after = [loss for step, loss in full[0]["losses"] if step > 6]
+    torch.testing.assert_close(torch.tensor([loss for _, loss in again[0]["losses"]]), torch.tensor(after),
+                               atol=1e-6, rtol=0)
+
+
+def test_single_process_resume_at_a_growth_event_is_exact(tmp_path):
+    cfg = {**config(), "train": {**config()["train"], "epochs": 2}}
+    full, crashed, ckpt = tmp_path / "full", tmp_path / "crashed", tmp_path / "ckpt"
+    assert launch("single", full, cfg).returncode == 0
+    crash = launch("single", crashed, cfg, checkpoints=ckpt, stop_after=6)  # step 6 is a growth event
+    assert crash.returncode == 17, crash.stderr[-3000:]
+    assert sorted(p.name for p in ckpt.rglob("step-*")) == ["step-4", "step-6"]  # the two newest are kept
+    resumed = launch("single", crashed, cfg, checkpoints=ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step-6" in resumed.stdout
+
+    a, b = results(full, 1)[0], results(crashed, 1)[0]
+    assert a["events"] == b["events"] and a["ranks"] == b["ranks"] and a["metrics"] == b["metrics"]
+    assert [x for x in a["losses"] if x[0] > 6] == b["losses"]  # every step after the resume, bit for bit
+    from safetensors.torch import load_file
+
+    left = load_file(str(full / "run0" / "adapter" / "adapter_model.safetensors"))
+    right = load_file(str(crashed / "run0" / "adapter" / "adapter_model.safetensors"))
+    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+    """A `.partial` folder (a save cut short) is ignored on resume and removed at the next save."""
+    cfg = {**config(), "train": {**config()["train"], "epochs": 1}}
+    ckpt = tmp_path / "ckpt"
+    crash = launch("single", tmp_path / "a", cfg, checkpoints=ckpt, stop_after=2)
+    assert crash.returncode == 17
+    shutil.copytree(ckpt / "step-2", ckpt / "step-4.partial")
+    (ckpt / "step-4.partial" / "model.safetensors").write_bytes(b"cut short")
+    resumed = launch("single", tmp_path / "a", cfg, checkpoints=ckpt)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-2" in resumed.stdout
+    assert not list(ckpt.glob("*.partial"))
+
+
+def test_zero2_resume_after_a_crash(zero2, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    crash = launch("deepspeed", tmp_path, config(zero_stage=2), checkpoints=ckpt, stop_after=4)
+    assert crash.returncode != 0
+    resumed = launch("deepspeed", tmp_path, config(zero_stage=2), checkpoints=ckpt)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    full, again = results(zero2), results(tmp_path)
+    assert [r["ranks"] for r in again] == [full[0]["ranks"]] * 2
+    assert same_events(again[0]["events"], full[0]["events"])
+    # stated tolerance 1e-6 for every training loss after the resume (measured on CPU: bit for bit)
+    after = [loss for step, loss in full[0]["losses"] if step > 4]
+    torch.testing.assert_close(torch.tensor([loss for _, loss in again[0]["losses"]]), torch.tensor(after),
+                               atol=1e-6, rtol=0)
+
+
+def test_grid_under_torchrun_logs_one_child_run_per_cell(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_yaml(tmp_path / "grid.yaml", {
+        "name": "dist", "experiment": "dist", "base": {**CONFIG, "train": {**CONFIG["train"], "epochs": 1}},
+        "axes": [{"product": {"adapter.threshold": ["linear", "nonlinear"]}}], "seeds": [0]})
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
+           "triadapt_runner.cli", "ablate", str(grid), "--tracking-uri", uri, "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                          env={**ENV, "ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("grid done: 2 finished") == 1  # printed by the main process only
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("dist").experiment_id
+    cells = client.search_runs([experiment], "tags.`triadapt.role` = 'cell'")
+    parents = client.search_runs([experiment], "tags.`triadapt.role` = 'parent'")
+    assert len(cells) == 2 and len(parents) == 1
+    assert {r.data.tags["triadapt.world_size"] for r in cells} == {"2"}
+    assert all(r.info.status == "FINISHED" for r in cells + parents)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 ZeRO on CUDA needs a GPU: run `nox -s gpu` there")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gpu_bf16_zero(stage, tmp_path):
+    cfg = config(zero_stage=stage, mixed_precision="bf16")
+    proc = launch("gpu", tmp_path, cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert_consistent_run(tmp_path, world=1)
+    saved = json.loads((tmp_path / "run0" / "eval_logits.json").read_text())
+    again = reloaded_logits(cfg, tmp_path / "run0" / "adapter")  # fp32 on the CPU vs the bf16 run
+    torch.testing.assert_close(again, torch.tensor(saved), atol=2e-2, rtol=2e-2)
+
+
+def test_ddp_leaves_inactive_units_untouched(tmp_path):
+    """Under DDP (find_unused_parameters=True) a not-yet-grown unit keeps grad None and its value, as alone."""
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(WORKER.with_name("ddp_units_worker.py")), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        checks = json.loads((tmp_path / f"units{rank}.json").read_text())
+        assert all(c["active_have_grads"] and c["inactive_grads_none"] and c["inactive_unchanged"] for c in checks)
+        assert checks[-1]["total_rank"] > checks[0]["total_rank"]  # growth happened during the run
