@@ -1,7 +1,9 @@
 """Run by the distributed tests under a real launcher (deepspeed, torchrun, accelerate launch).
 
 Each process trains with the runner's `train_run` and writes what it saw to ``OUT/rank<N>.json``:
-world size, final ranks, growth events and its losses. Arguments: OUT CONFIG_JSON [CHECKPOINT_DIR]
+world size, final ranks, growth events and its losses. The scorer ``grad-norm`` (registered
+here, as a plugin would be) scores by the summed squared gradient norms it observed through
+`triadapt.gradients.full_grad` (a missing gradient counts as zero, which a comparison exposes). Arguments: OUT CONFIG_JSON [CHECKPOINT_DIR]
 [STOP_AFTER_CHECKPOINT]. With STOP_AFTER_CHECKPOINT the process exits hard (os._exit, as a
 crash would) right after the first checkpoint at or after that step is complete.
 """
@@ -16,6 +18,9 @@ out, config = Path(args[0]), json.loads(args[1])
 checkpoints = args[2] if len(args) > 2 and args[2] != "-" else None
 stop_after = int(args[3]) if len(args) > 3 else None
 
+from triadapt import ScorerSpec, hookimpl, registry  # noqa: E402
+from triadapt.gradients import full_grad  # noqa: E402
+from triadapt.scorers import Scorer  # noqa: E402
 from triadapt_runner import checkpointing  # noqa: E402
 from triadapt_runner.config import RunConfig  # noqa: E402
 from triadapt_runner.distributed import init_processes  # noqa: E402
@@ -32,6 +37,30 @@ if stop_after is not None:  # simulate a crash right after a complete checkpoint
 
     checkpointing.Checkpointer.save = save_then_crash
 
+class GradNormScorer(Scorer):
+    name = "grad-norm"
+    observes_steps = True
+
+    def __init__(self):
+        self.total = {}
+
+    def observe(self, layers, step):
+        for name, layer in layers.items():
+            grads = [full_grad(p) for unit in layer.active_units() for p in unit.parameters()]
+            self.total[name] = self.total.get(name, 0.0) + sum(float(g.float().pow(2).sum()) for g in grads
+                                                               if g is not None)
+
+    def scores(self, layers):
+        return {name: self.total.get(name, 0.0) for name in layers}
+
+
+class GradNormPlugin:
+    @hookimpl
+    def triadapt_scorers(self):
+        return [ScorerSpec("grad-norm", lambda cfg: GradNormScorer())]
+
+
+registry().register(GradNormPlugin(), name="grad-norm")
 init_processes()
 rank = int(os.environ.get("RANK", "0"))
 losses = []
