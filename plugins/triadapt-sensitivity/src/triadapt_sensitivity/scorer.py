@@ -41,11 +41,12 @@ class SensitivityScorer(Scorer):
             grad = full_grad(param)
             if grad is None:
                 continue
-            if key not in self.ipt:
-                self.ipt[key], self.unc[key] = torch.zeros_like(param), torch.zeros_like(param)
+            if key not in self.ipt:  # fp32 statistics, also when DeepSpeed trains the units in bf16
+                self.ipt[key] = torch.zeros_like(param, dtype=torch.float32)
+                self.unc[key] = torch.zeros_like(param, dtype=torch.float32)
             keys.append(key)
-            params.append(param)
-            grads.append(grad)
+            params.append(param.float())  # no copy for fp32 parameters
+            grads.append(grad.float())
         if not keys:
             return
         ipts, uncs = [self.ipt[k] for k in keys], [self.unc[k] for k in keys]
