@@ -92,7 +92,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     plan = ctl.validate_schedule()
     _print_schedule(accelerator, cfg, total_steps, ctl, plan)
 
-    optimizer = _optimizer(model, cfg, accelerator)
+    optimizer = _optimizer(model, cfg)
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps) * world,
                                                 total_steps * world)
@@ -191,7 +191,7 @@ def check_same_ranks(accelerator: Accelerator, ctl: Controller) -> None:
                           f"{ctl.step_count}; scores must come from identical factors on every process")
 
 
-def _optimizer(model: torch.nn.Module, cfg: RunConfig, accelerator: Accelerator) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     groups = _param_groups(model, cfg.train.weight_decay)
     if cfg.train.offload_optimizer and torch.cuda.is_available():
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # the fast host optimizer for ZeRO-Offload
