@@ -16,6 +16,7 @@ from typing import Any
 from triadapt.errors import ConfigError
 
 ROUNDINGS = ("ceil", "floor")
+CORE_INITS = ("gaussian", "identity")
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -52,6 +53,10 @@ class TriAdaptConfig:
     lora_alpha: float = _help("α: the update is scaled by α / (r + ε) with r the current rank.", default=16.0)
     dropout: float = _help("Dropout on the adapter input.", default=0.0)
     init_std: float = _help("σ of the N(0, σ²) draws for A, L, U and grown B entries.", default=0.02)
+    core_init: str = _help(
+        "Start of the core D = L + U: 'gaussian' (reference: every entry N(0, σ²)) or 'identity' (I plus those "
+        "draws, so ΔW starts like LoRA's BA and short runs learn sooner; scores then use ‖D − I‖_F).",
+        default="gaussian")
     eps: float = _help("ε in the scale α / (r + ε).", default=1e-5)
     orth_reg_weight: float = _help("λ of the orthogonal regulariser (0 disables it).", default=0.1)
     orth_reg_squared: bool = _help("Use the squared Frobenius norm (literal Eq. 10).", default=False)
@@ -103,6 +108,8 @@ class TriAdaptConfig:
                               f"must be > warmup_steps ({self.warmup_steps}) so that growth can happen")
         if self.rounding not in ROUNDINGS:
             raise ConfigError("rounding", self.rounding, f"must be one of {', '.join(ROUNDINGS)}")
+        if self.core_init not in CORE_INITS:
+            raise ConfigError("core_init", self.core_init, f"must be one of {', '.join(CORE_INITS)}")
         if self.threshold == "fixed" and (self.fixed_k is None or self.fixed_k < 1):
             raise ConfigError("fixed_k", self.fixed_k, "threshold 'fixed' needs an integer fixed_k >= 1")
         if not 0.0 <= self.dropout < 1.0:

@@ -81,12 +81,35 @@ class Structure(ABC):
 
 
 class TriangularStructure(Structure):
-    """ΔW = B (L + U) A with L lower- and U upper-triangular, diagonal included in both."""
+    """ΔW = B (L + U) A with L lower- and U upper-triangular, diagonal included in both.
+
+    ``core_init="identity"`` adds ½ to the diagonal entry of L and of U of every unit, so the core
+    starts as I + (the reference draw) and ΔW = B D A starts like LoRA's B A: the triple product
+    no longer needs two small factors to grow before it can move. The importance norm is then
+    that of the learned part, ‖D − I‖_F, so the identity itself never counts as importance.
+    """
 
     name = "triangular"
 
-    def __init__(self) -> None:
+    def __init__(self, core_init: str = "gaussian") -> None:
+        if core_init not in ("gaussian", "identity"):
+            raise ValueError(f"core_init={core_init!r} is invalid: must be 'gaussian' or 'identity'")
+        self.core_init = core_init
         self._tril_cache: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+
+    def init_unit(self, index: int, params: Mapping[str, Tensor], *, initial: bool, std: float,
+                  generator: torch.Generator | None) -> None:
+        super().init_unit(index, params, initial=initial, std=std, generator=generator)
+        if self.core_init == "identity":
+            with torch.no_grad():  # entry ``index`` of l and of u is this unit's diagonal element
+                params["l"][index] += 0.5
+                params["u"][index] += 0.5
+
+    def importance_norm(self, factors: Factors) -> Tensor:
+        if self.core_init == "identity" and factors.core is not None:
+            eye = torch.eye(factors.rank, dtype=factors.core.dtype, device=factors.core.device)
+            return torch.linalg.matrix_norm(factors.core - eye)
+        return super().importance_norm(factors)
 
     def unit_shapes(self, index: int, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
         return {"a": (in_features,), "b": (out_features,), "l": (index + 1,), "u": (index + 1,)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from triadapt.errors import ConfigError
 from triadapt.plugins.hookspecs import hookimpl
 from triadapt.plugins.specs import ScorerSpec, StructureSpec, ThresholdSpec
 from triadapt.scorers import FrobeniusScorer
@@ -9,11 +10,18 @@ from triadapt.structures import LoraStructure, TriangularStructure
 from triadapt.thresholds import FixedThreshold, LinearThreshold, NoGrowthThreshold, NonlinearThreshold
 
 
+def _lora_structure(cfg) -> LoraStructure:
+    if cfg.core_init != "gaussian":
+        raise ConfigError("core_init", cfg.core_init, "structure 'lora' has no core: use 'gaussian' (the default)")
+    return LoraStructure()
+
+
 @hookimpl
 def triadapt_structures() -> list[StructureSpec]:
     return [
-        StructureSpec("triangular", lambda cfg: TriangularStructure(), "ΔW = B(L+U)A, L/U triangular (TriAdaptLoRA)"),
-        StructureSpec("lora", lambda cfg: LoraStructure(), "ΔW = BA (LoRA)"),
+        StructureSpec("triangular", lambda cfg: TriangularStructure(core_init=cfg.core_init),
+                      "ΔW = B(L+U)A, L/U triangular (TriAdaptLoRA)"),
+        StructureSpec("lora", _lora_structure, "ΔW = BA (LoRA)"),
     ]
 
 
