@@ -171,15 +171,22 @@ def test_ddp_resume_after_a_crash(ddp, tmp_path):
 
 
 def test_single_process_resume_at_a_growth_event_is_exact(tmp_path):
+    """Killed right after the checkpoint at step 6, with a later save cut short (a `.partial` folder): the rerun
+    ignores the partial folder, resumes from step 6, removes it at its next save, and equals the uninterrupted
+    run."""
     cfg = {**config(), "train": {**config()["train"], "epochs": 2}}
     full, crashed, ckpt = tmp_path / "full", tmp_path / "crashed", tmp_path / "ckpt"
     assert launch("single", full, cfg).returncode == 0
     crash = launch("single", crashed, cfg, checkpoints=ckpt, stop_after=6)  # step 6 is a growth event
     assert crash.returncode == 17, crash.stderr[-3000:]
-    assert sorted(p.name for p in ckpt.rglob("step-*")) == ["step-4", "step-6"]  # the two newest are kept
+    cell = next(ckpt.rglob("step-6")).parent
+    assert sorted(p.name for p in cell.iterdir()) == ["step-4", "step-6"]  # the two newest are kept
+    shutil.copytree(cell / "step-6", cell / "step-7.partial")  # newer than step 6 but never complete
+    (cell / "step-7.partial" / "model.safetensors").write_bytes(b"cut short")
     resumed = launch("single", crashed, cfg, checkpoints=ckpt)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "step-6" in resumed.stdout
+    assert not list(ckpt.rglob("*.partial"))
 
     a, b = results(full, 1)[0], results(crashed, 1)[0]
     assert a["events"] == b["events"] and a["ranks"] == b["ranks"] and a["metrics"] == b["metrics"]
@@ -189,20 +196,6 @@ def test_single_process_resume_at_a_growth_event_is_exact(tmp_path):
     left = load_file(str(full / "run0" / "adapter" / "adapter_model.safetensors"))
     right = load_file(str(crashed / "run0" / "adapter" / "adapter_model.safetensors"))
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
-def test_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path):
-    """A `.partial` folder (a save cut short) is ignored on resume and removed at the next save."""
-    cfg = {**config(), "train": {**config()["train"], "epochs": 1}}
-    ckpt = tmp_path / "ckpt"
-    crash = launch("single", tmp_path / "a", cfg, checkpoints=ckpt, stop_after=2)
-    assert crash.returncode == 17
-    shutil.copytree(ckpt / "step-2", ckpt / "step-4.partial")
-    (ckpt / "step-4.partial" / "model.safetensors").write_bytes(b"cut short")
-    resumed = launch("single", tmp_path / "a", cfg, checkpoints=ckpt)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "step-2" in resumed.stdout
-    assert not list(ckpt.glob("*.partial"))
 
 
 def test_zero2_resume_after_a_crash(zero2, tmp_path):
