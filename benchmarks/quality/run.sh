@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quality on the offline datasets: the grids that mirror the paper's Tables I-III, 3 seeds each,
 # then the comparison tables (Markdown and CSV) next to this script. Resumable: rerun to continue.
-#   bash benchmarks/quality/run.sh            (66 cells; about 1.5 hours on 2 idle CPU cores)
+#   bash benchmarks/quality/run.sh            (57 cells; about 2 hours on 2 idle CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
