@@ -13,3 +13,5 @@ for grid in offline-table1 offline-table1-drug offline-table2 offline-table3; do
   triadapt compare --grid "$grid" --experiment triadapt-offline --tracking-uri "$uri" \
     --markdown "benchmarks/quality/$grid.md" --csv "benchmarks/quality/$grid.csv"
 done
+triadapt compare --grid offline-table1-drug --experiment triadapt-offline --tracking-uri "$uri" --metric macro_f1 \
+  --csv benchmarks/quality/offline-table1-drug-macro-f1.csv
