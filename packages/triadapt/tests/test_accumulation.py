@@ -42,8 +42,13 @@ def test_missing_total_steps_fails_before_first_step():
         ctl.step()
 
 
-def test_schedule_without_event_is_refused():
-    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=["query"], warmup_steps=90, growth_interval=50,
-                                            total_steps=99))
+def test_schedule_without_event_is_refused_by_inject():
     with pytest.raises(ValueError, match="total_steps=99 is invalid: allows no growth event.*step 100"):
-        ctl.validate_schedule()
+        inject(ToyModel(), TriAdaptConfig(target_modules=["query"], warmup_steps=90, growth_interval=50,
+                                          total_steps=99))
+
+
+def test_schedule_without_event_is_refused_when_t_is_set_later():
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=["query"], warmup_steps=90, growth_interval=50))
+    with pytest.raises(ValueError, match="total_steps=99 is invalid: allows no growth event.*step 100"):
+        ctl.set_total_steps(99)

@@ -116,7 +116,7 @@ def test_events_only_after_warmup_on_interval():
                                threshold="fixed", fixed_k=1)
     steps = [s for s in range(1, 31) if allocator.step() is not None]
     assert steps == [6, 9, 12, 15, 18, 21, 24, 27, 30]
-    assert steps == allocator.planned_steps()
+    assert steps == [e.step for e in allocator.preview()]
 
 
 def test_preview_matches_what_the_budget_can_feed():

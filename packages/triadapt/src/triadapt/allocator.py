@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 from triadapt.config import ConfigError, TriAdaptConfig
 from triadapt.layer import AdapterLayer
-from triadapt.scorers import Scorer
-from triadapt.thresholds import GrowthContext, Threshold
+from triadapt.schedule import PlannedEvent, Schedule, plan_schedule
+from triadapt.scorers import Scorer, checked_scores
+from triadapt.thresholds import GrowthContext, Threshold, checked_count
 
 
 @dataclass
@@ -31,15 +32,6 @@ class GrowthEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class PlannedEvent:
-    """An event of the schedule preview (assumes every chosen matrix can grow)."""
-
-    step: int
-    k: int
-    budget_left: int
 
 
 class Allocator:
@@ -83,42 +75,13 @@ class Allocator:
                              rounding=self.config.rounding, initial_total_rank=self.initial_total_rank,
                              rank_increment=self.config.rank_increment)
 
-    def validate_schedule(self) -> None:
-        """Fail before step 1 when the schedule cannot work (USERS.md 3)."""
-        cfg = self.config
-        if not self.threshold.grows:
-            return
-        if self.threshold.needs_total_steps and cfg.total_steps is None:
-            raise ConfigError("total_steps", None, f"threshold {self.threshold.name!r} needs the total number of "
-                                                   f"optimizer steps T (an integer > warmup_steps)")
-        if cfg.total_steps is not None and not self.planned_steps():
-            raise ConfigError("total_steps", cfg.total_steps,
-                              f"allows no growth event with warmup_steps={cfg.warmup_steps} and growth_interval="
-                              f"{cfg.growth_interval}; the first event would be at step {self.first_event_step()}")
-
-    def first_event_step(self) -> int:
-        t0, dt = self.config.warmup_steps, self.config.growth_interval
-        return (t0 // dt + 1) * dt
-
-    def planned_steps(self) -> list[int]:
-        total = self.config.total_steps
-        if total is None:
-            return []
-        return list(range(self.first_event_step(), total + 1, self.config.growth_interval))
+    def validate_schedule(self) -> Schedule:
+        """Fail before step 1 when the schedule cannot work (USERS.md 3); return the planned events."""
+        return plan_schedule(self.config, len(self.layers), self.threshold)
 
     def preview(self) -> list[PlannedEvent]:
-        """Expected events assuming every chosen matrix can take Δr more (capacity ignored)."""
-        remaining, plan = self.remaining_budget(), []
-        for step in self.planned_steps():
-            if remaining <= 0:
-                break
-            k = min(self.threshold.count(self.context(step, remaining, len(self.layers))), len(self.layers))
-            if k <= 0:
-                continue
-            k = min(k, -(-remaining // self.config.rank_increment))  # matrices the budget can still feed
-            remaining -= min(k * self.config.rank_increment, remaining)
-            plan.append(PlannedEvent(step=step, k=k, budget_left=remaining))
-        return plan
+        """The planned events (see `triadapt.schedule`: growth is assumed to spread over the matrices)."""
+        return list(self.validate_schedule())
 
     # -- the per-step entry point -----------------------------------------------------------------
     def observe(self) -> None:
@@ -140,11 +103,11 @@ class Allocator:
         remaining, growable = self.remaining_budget(), self.growable()
         if remaining <= 0 or not growable:
             return None
-        k = self.threshold.count(self.context(step, remaining, len(growable)))
+        k = checked_count(self.threshold, self.context(step, remaining, len(growable)))
         if k <= 0:
             return None
         k = min(k, len(growable))
-        scores = self.scorer.scores(self.layers)
+        scores = checked_scores(self.scorer, self.layers)
         chosen = sorted(growable, key=lambda name: (-scores[name], self.order[name]))[:k]
         grown = self.grow(chosen, remaining)
         event = GrowthEvent(step=step, k=k, grown=grown, budget_before=remaining,

@@ -103,7 +103,7 @@ class TriAdaptConfig:
             _at_least("total_budget", self.total_budget, 1)
         if self.max_rank is not None and self.max_rank < self.init_rank:
             raise ConfigError("max_rank", self.max_rank, f"must be >= init_rank ({self.init_rank})")
-        if self.total_steps is not None and self.total_steps <= self.warmup_steps:
+        if self.total_steps is not None and self.total_steps <= self.warmup_steps and self.threshold != "none":
             raise ConfigError("total_steps", self.total_steps,
                               f"must be > warmup_steps ({self.warmup_steps}) so that growth can happen")
         if self.rounding not in ROUNDINGS:

@@ -19,40 +19,56 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from triadapt.allocator import Allocator, GrowthEvent, PlannedEvent
+from triadapt.allocator import Allocator, GrowthEvent
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import TriAdaptError
 from triadapt.layer import AdapterLayer
+from triadapt.planning import InjectionPlan, plan_injection
 from triadapt.plugins.registry import Registry, registry as current_registry
 from triadapt.regularization import orthogonal_penalty
-from triadapt.targets import find_heads, find_targets, model_type
+from triadapt.schedule import Schedule
+from triadapt.targets import model_type
 
 
 def inject(model: nn.Module, config: TriAdaptConfig | None = None, *, registry: Registry | None = None) -> "Controller":
-    """Freeze ``model``, wrap its target layers with adapters in place and return their controller."""
+    """Freeze ``model``, wrap its target layers with adapters in place and return their controller.
+
+    Atomic: everything is checked first (`plan_injection`), and should building the adapters
+    still fail, the model gets its layers and ``requires_grad`` flags back before the error
+    propagates.
+    """
     config = config or TriAdaptConfig()
     reg = registry or current_registry()
-    if any(isinstance(m, AdapterLayer) for m in model.modules()):
-        raise TriAdaptError("this model already holds TriAdapt adapters: call unload() before injecting again")
-    heads = find_heads(model, config.trainable_modules)
-    names = find_targets(model, config.target_modules, exclude=heads)
-    structure = reg.create("structure", config.structure, config)
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
-    for param in model.parameters():
-        param.requires_grad_(False)
+    plan = plan_injection(model, config, registry=reg)
+    flags = [(param, param.requires_grad) for param in model.parameters()]
     layers: dict[str, AdapterLayer] = {}
-    for name in names:
-        base = model.get_submodule(name)
-        layer = AdapterLayer(base, structure, init_rank=config.init_rank, capacity=config.capacity,
-                             lora_alpha=config.lora_alpha, dropout=config.dropout, init_std=config.init_std,
-                             eps=config.eps, generator=generator)
-        layer.to(device=base.weight.device)
-        _replace(model, name, layer)
-        layers[name] = layer
-    for head in heads:
-        for param in model.get_submodule(head).parameters():
-            param.requires_grad_(True)
-    return Controller(model, config, layers, heads, reg)
+    try:
+        generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for name in plan.targets:
+            base = model.get_submodule(name)
+            layer = AdapterLayer(base, plan.structure, init_rank=config.init_rank, capacity=config.capacity,
+                                 lora_alpha=config.lora_alpha, dropout=config.dropout, init_std=config.init_std,
+                                 eps=config.eps, generator=generator)
+            layer.to(device=base.weight.device)
+            _replace(model, name, layer)
+            layers[name] = layer
+        for head in plan.heads:
+            for param in model.get_submodule(head).parameters():
+                param.requires_grad_(True)
+        return Controller(model, config, layers, plan.heads, reg, plan=plan)
+    except BaseException:
+        restore_model(model, layers, flags)
+        raise
+
+
+def restore_model(model: nn.Module, layers: Mapping[str, AdapterLayer], flags: list[tuple[nn.Parameter, bool]]) -> None:
+    """Undo an injection: the base layers back in place, every ``requires_grad`` flag as it was."""
+    for name, layer in layers.items():
+        _replace(model, name, layer.base_layer)
+    for param, flag in flags:
+        param.requires_grad_(flag)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -65,11 +81,11 @@ class Controller:
     """Owns the adapters of one model: growth, regulariser, counts, merge, save and export."""
 
     def __init__(self, model: nn.Module, config: TriAdaptConfig, layers: Mapping[str, AdapterLayer],
-                 heads: list[str], registry: Registry):
+                 heads: list[str], registry: Registry, plan: InjectionPlan | None = None):
         self.model, self.config, self.layers, self.heads = model, config, dict(layers), list(heads)
         self.registry = registry
-        scorer = registry.create("scorer", config.scorer, config)
-        threshold = registry.create("threshold", config.threshold, config)
+        scorer = plan.scorer if plan else registry.create("scorer", config.scorer, config)
+        threshold = plan.threshold if plan else registry.create("threshold", config.threshold, config)
         self.allocator = Allocator(self.layers, config, scorer, threshold)
         scorer.initialize(self.layers)
         self._hook: Any = None
@@ -93,10 +109,9 @@ class Controller:
         self.allocator.config = self.config
         self.allocator.validate_schedule()
 
-    def validate_schedule(self) -> list[PlannedEvent]:
-        """Raise if the growth schedule cannot work; return the expected events."""
-        self.allocator.validate_schedule()
-        return self.allocator.preview()
+    def validate_schedule(self) -> Schedule:
+        """Raise if the growth schedule cannot work; return the planned events (`triadapt.schedule`)."""
+        return self.allocator.validate_schedule()
 
     def step(self) -> GrowthEvent | None:
         """Call once after every optimizer step (not per micro-batch). Returns the growth event, if any."""

@@ -10,6 +10,7 @@ O(r²) per matrix per event and nothing per training step.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
@@ -47,6 +48,23 @@ class Scorer(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
             raise ValueError(f"scorer {self.name!r} keeps no state but got keys {sorted(state)}")
+
+
+def checked_scores(scorer: Scorer, layers: Layers) -> dict[str, float]:
+    """``scorer.scores(layers)``, refused with the strategy's name unless every layer has a finite number."""
+    from triadapt.errors import PluginError
+
+    scores = scorer.scores(layers)
+    if not isinstance(scores, Mapping):
+        raise PluginError(f"scorer {scorer.name!r} returned {type(scores).__name__}: scores are a dict of layer "
+                          f"name -> number")
+    for name in layers:
+        value = scores.get(name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            what = "no score" if name not in scores else f"the score {value!r}"
+            raise PluginError(f"scorer {scorer.name!r} returned {what} for {name!r}: every adapted layer needs a "
+                              f"finite number")
+    return {name: float(value) for name, value in scores.items()}
 
 
 NORMALISERS = {

@@ -56,6 +56,17 @@ class Threshold(ABC):
         """Number of matrices to grow at this event, before the allocator's caps."""
 
 
+def checked_count(threshold: Threshold, ctx: GrowthContext) -> int:
+    """``threshold.count(ctx)``, refused with the strategy's name unless it is an integer >= 0."""
+    from triadapt.errors import PluginError
+
+    k = threshold.count(ctx)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise PluginError(f"threshold {threshold.name!r} returned k={k!r} at step {ctx.step}: a threshold's count "
+                          f"must be an integer >= 0")
+    return k
+
+
 class LinearThreshold(Threshold):
     """k = ⌈R · a⌉ (Eq. 13)."""
 

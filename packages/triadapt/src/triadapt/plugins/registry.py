@@ -56,6 +56,8 @@ class Registry:
     def register(self, plugin: object, *, name: str | None = None, distribution: str = "<inline>",
                  version: str = "") -> str:
         """Register a plugin object (module, class or instance with ``@hookimpl`` functions)."""
+        if self.pm.is_registered(plugin) or (name is not None and self.pm.has_plugin(name)):
+            raise PluginError(f"plugin {name or plugin!r} is already registered")
         plugin_name = self.pm.register(plugin, name=name)
         if plugin_name is None:
             raise PluginError(f"plugin {name or plugin!r} is already registered")
