@@ -60,5 +60,5 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against peft on MiniLM (CPU); writes benchmarks/perf/results/."""
     install(session, "-e", "plugins/triadapt-sensitivity")
     env = {**OFFLINE, **os.environ}
-    for script in ("step_time", "scorer_overhead", "inference", "memory", "report"):
+    for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "report"):
         session.run("python", f"benchmarks/perf/{script}.py", env=env)

@@ -46,3 +46,57 @@ def write_yaml(path: Path, data) -> Path:
 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+# -- bad input: exit code 2, one line, nothing in MLflow created or changed -----------------------
+def store_snapshot(uri: str) -> list:
+    """Every run of every experiment: id, status, end time, params, metrics and tags (to detect any change)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=1000) if experiments else []
+    return sorted((r.info.run_id, r.info.status, r.info.end_time, sorted(r.data.params.items()),
+                   sorted(r.data.metrics.items()), sorted(r.data.tags.items())) for r in runs)
+
+
+@pytest.fixture(scope="module")
+def populated_store(tmp_path_factory):
+    """A sqlite MLflow store holding a finished grid (parent and one cell), made through the runner's Tracker."""
+    from triadapt_runner.tracking import FINISHED, Tracker
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    tracker = Tracker(uri, "triadapt")
+    parent = tracker.start_run("grid:g", {"triadapt.grid": "g", "triadapt.role": "parent"})
+    child = tracker.start_run("cell", {"triadapt.role": "cell", "triadapt.method": "m", "triadapt.task": "rotten_tomatoes",
+                                       "triadapt.seed": "0", "triadapt.config_hash": "h", "triadapt.cell_id": "c"},
+                              parent)
+    tracker.log_metrics(child, {"result_accuracy": 0.5}, 1)
+    tracker.end_run(child, FINISHED)
+    tracker.end_run(parent, FINISHED)
+    return uri
+
+
+def run_main(argv) -> int:
+    """`triadapt` in-process; an argparse usage error's SystemExit becomes its exit code."""
+    from triadapt_runner.cli import main
+
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def assert_bad_input(argv, pattern: str, uri: str, capsys) -> str:
+    """Exit code 2, one stderr line matching ``pattern`` (it names the field or file), the store unchanged."""
+    import re
+
+    before = store_snapshot(uri)
+    capsys.readouterr()
+    code = run_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "error: " in err, err
+    assert re.search(pattern, err), err
+    assert store_snapshot(uri) == before
+    return err

@@ -1,8 +1,10 @@
-"""Bad input gets one line on stderr naming what is wrong, and exit code 2; nothing computed is lost."""
+"""Bad grid files get one line on stderr naming what is wrong, and exit code 2; nothing computed is lost."""
 
 import pytest
 
-from conftest import TINY, write_yaml
+from conftest import TINY, assert_bad_input, write_yaml
+from triadapt import ScorerSpec, hookimpl
+from triadapt.scorers import FrobeniusScorer
 from triadapt_runner.cli import main
 
 GOOD = {"name": "g", "base": {"task": "rotten_tomatoes", **TINY},
@@ -44,23 +46,35 @@ CASES = [
     ("missing-data-file", grid_with(base={"data": {"task": "custom", "train_file": "nope.csv",
                                                     "validation_file": "nope.csv"}}),
      "data.train_file='nope.csv' is invalid: no such file"),
+    ("not-a-mapping", "- 1\n- 2\n", "grid.yaml: a grid is a mapping with keys name, experiment"),
+    ("no-name", {k: v for k, v in GOOD.items() if k != "name"}, r"name=None is invalid: give the grid a non-empty name"),
+    ("base-not-mapping", grid_with(base=[1]), r"base=\[1\] is invalid: must be a mapping"),
+    ("axes-not-list", grid_with(axes={"product": {"task": ["rotten_tomatoes"]}}), r"axes=\{.*\} is invalid: a list of"),
+    ("axis-group-kind", grid_with(axes=[{"cross": {"task": ["rotten_tomatoes"]}}]), r"axes\[0\]=.* is invalid: each "
+                                                                                    r"group is"),
+    ("empty-axis", grid_with(axes=[{"product": {"adapter.threshold": []}}]), r"axis 'adapter.threshold'=\[\] is "
+                                                                              r"invalid: give a non-empty list"),
+    ("duplicate-cells", grid_with(axes=[{"product": {"adapter.threshold": ["linear", "linear"]}}]),
+     "two cells resolve to the same config"),
+    ("empty-seeds", grid_with(seeds=[]), r"seeds=\[\] is invalid: give a non-empty list of integers"),
+    ("budget-below-start", grid_with(base={**GOOD["base"], "adapter": {"total_budget": 4}}),
+     r"grid.yaml: 1 of 1 cells are invalid .*adapter.total_budget=4 is invalid: must be >= init_rank × matrices"),
+    ("targets-match-nothing", grid_with(axes=[{"product": {"adapter.target_modules": [["query"], ["q_proj"]]}}]),
+     r"1 of 2 cells are invalid .*adapter.target_modules=\['q_proj'\] matches no linear layer"),
+    ("no-growth-event", grid_with(base={**GOOD["base"], "adapter": {"warmup_steps": 2, "growth_interval": 5}}),
+     r"adapter.total_steps=3 is invalid: allows no growth event"),
 ]
 
 
 @pytest.mark.parametrize("name,grid,message", CASES, ids=[c[0] for c in CASES])
-def test_bad_grid(name, grid, message, tmp_path, capsys, monkeypatch):
+def test_bad_grid(name, grid, message, tmp_path, capsys, monkeypatch, populated_store):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "grid.yaml"
     if isinstance(grid, str):
         path.write_text(grid)
     else:
         write_yaml(path, grid)
-    assert main(["ablate", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("triadapt: error: ")
-    import re
-
-    assert re.search(message, err), err
+    assert_bad_input(["ablate", str(path), "--tracking-uri", populated_store], message, populated_store, capsys)
 
 
 def test_wrong_column_in_data_file(tmp_path, capsys):
@@ -92,17 +106,31 @@ def test_unknown_command_exits_2(capsys):
     assert info.value.code == 2
 
 
-def test_failed_cell_does_not_stop_the_grid_unless_fail_fast(tmp_path, capsys):
+class ExplodingScorer(FrobeniusScorer):
+    """Passes every check before training; fails at the first growth event."""
+
+    def scores(self, layers):
+        raise RuntimeError("scorer 'explodes' failed at a growth event")
+
+
+class ExplodingPlugin:
+    @staticmethod
+    @hookimpl
+    def triadapt_scorers():
+        return [ScorerSpec("explodes", lambda cfg: ExplodingScorer("explodes", "r"))]
+
+
+def test_failed_cell_does_not_stop_the_grid_unless_fail_fast(tmp_path, capsys, register_plugin):
     from mlflow.tracking import MlflowClient
 
+    register_plugin(ExplodingPlugin())
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     grid = grid_with(name="partial", axes=[{"zip": {"method": ["broken", "fine"],
-                                                      "adapter.warmup_steps": [1000, 1],
-                                                      "adapter.growth_interval": [1000, 1]}}])
+                                                      "adapter.scorer": ["explodes", "fnorm"]}}])
     path = write_yaml(tmp_path / "g.yaml", grid)
     assert main(["ablate", str(path), "--tracking-uri", uri, "--no-progress", "--fail-fast"]) == 1
     out = capsys.readouterr().out
-    assert "failed" in out and "adapter.total_steps=3 is invalid: must be > warmup_steps (1000)" in out and "fine" not in out
+    assert "failed" in out and "scorer 'explodes' failed at a growth event" in out and "fine" not in out
     assert main(["ablate", str(path), "--tracking-uri", uri, "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "1 failed, 1 finished" in out

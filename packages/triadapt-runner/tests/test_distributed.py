@@ -83,12 +83,14 @@ def reloaded_logits(cfg, adapter_dir):
     import triadapt
     from triadapt_runner.config import RunConfig
     from triadapt_runner.data.loading import load_task
-    from triadapt_runner.training import _loaders, _model, model_path
+    from triadapt_runner.kinds import kind_for
+    from triadapt_runner.models import model_path
 
     run = RunConfig.from_dict(cfg)
     task, splits = load_task(run.data)
-    _, loader = _loaders(run, task, splits, AutoTokenizer.from_pretrained(model_path(run.model)))
-    model = _model(run, task)
+    kind = kind_for(task)
+    loader = kind.build_loaders(run, task, splits, AutoTokenizer.from_pretrained(model_path(run.model))).evaluation
+    model = kind.build_model(model_path(run.model), task)
     triadapt.load(model, adapter_dir)
     model.eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_cli, write_yaml
 from triadapt import load
-from triadapt_runner.training import model_path
+from triadapt_runner.models import model_path
 
 GRID = {
     "name": "e2e",
@@ -27,9 +27,20 @@ def finished_grid(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     grid = write_yaml(folder / "grid.yaml", GRID)
-    done = run_cli("ablate", grid, "--tracking-uri", uri, "--no-progress", cwd=folder)
+    (folder / "checkout").mkdir()  # the command runs in another folder than the database's
+    done = run_cli("ablate", grid, "--tracking-uri", uri, "--no-progress", cwd=folder / "checkout")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder, uri, done
+
+
+def test_sqlite_artifacts_sit_beside_the_database_not_in_the_working_folder(finished_grid):
+    folder, uri, _ = finished_grid
+    assert list((folder / "checkout").iterdir()) == []  # no ./mlruns left in the folder the command ran in
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment.artifact_location == (folder / "mlartifacts" / "e2e").as_uri()
+    run = client.search_runs([experiment.experiment_id], "tags.`triadapt.role` = 'cell'")[0]
+    assert (folder / "mlartifacts" / "e2e" / run.info.run_id / "artifacts" / "final_ranks.json").is_file()
 
 
 def test_parent_and_children_are_linked_with_params_metrics_artifacts(finished_grid, tmp_path):

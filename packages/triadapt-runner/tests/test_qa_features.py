@@ -10,7 +10,7 @@ from triadapt_runner.data.squad import read_squad_json
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.qa.features import QASettings, eval_features, postprocess, train_features
 from triadapt_runner.qa.metrics import squad_v2_scores
-from triadapt_runner.training import model_path
+from triadapt_runner.models import model_path
 
 
 @pytest.fixture(scope="module")

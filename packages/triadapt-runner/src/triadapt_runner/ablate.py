@@ -8,8 +8,6 @@ parent run). A failing cell does not stop the grid unless ``fail_fast``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shutil
 import tempfile
 import traceback
@@ -18,12 +16,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from triadapt_runner.data.loading import load_task
-from triadapt_runner.distributed import check_launch_environment, main_only
+from triadapt_runner.distributed import main_only
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid import Cell, GridSpec
+from triadapt_runner.preflight import preflight
 from triadapt_runner.tracking import FAILED, FINISHED, KILLED, RUNNING, TAG_PREFIX, Tracker
-from triadapt_runner.training import RunResult, model_path, train_run
+from triadapt_runner.training import RunResult, train_run
 
 T = TAG_PREFIX
 
@@ -119,38 +117,12 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
     tracker.log_artifact(run_id, out / "adapter", artifact_path="adapter")  # adapter only, never base weights
 
 
-def preflight(cells: list[Cell]) -> None:
-    """Load each distinct data config and model config once: a bad file, column or model fails before training.
-
-    Unsupported launch settings (FSDP, fp16) fail here too."""
-    check_launch_environment()
-    seen: set[str] = set()
-    for cell in cells:
-        key = json.dumps(dataclasses.asdict(cell.config.data), sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            load_task(cell.config.data)
-        if cell.config.model not in seen:
-            seen.add(cell.config.model)
-            _check_model(cell.config.model)
-
-
-def _check_model(name: str) -> None:
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(model_path(name))
-    except Exception as exc:
-        raise RunnerError(f"model={name!r} is invalid: not a local model folder nor a reachable hub model "
-                          f"({type(exc).__name__}); the built-in offline model is 'minilm'") from None
-
-
 def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
              progress: bool = True, checkpoint_root: str | Path | None = None) -> GridOutcome:
     """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker."""
     main = tracker is not None
     cells = spec.cells()
-    preflight(cells)
+    preflight(cells, spec.source)  # every cell checked before the parent run exists
     parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
     outcomes = []
     bar = tqdm(cells, desc=f"grid {spec.name}", disable=not (progress and main), unit="cell")
@@ -210,14 +182,6 @@ def _finished_cells(tracker: Tracker, parent_id: str) -> dict[str, str]:
             tracker.set_tag(run.info.run_id, f"{T}error", "interrupted: the process ended before the run finished")
             tracker.end_run(run.info.run_id, KILLED)
     return done
-
-
-def dry_run_lines(spec: GridSpec) -> list[str]:
-    lines = [f"grid {spec.name!r}: {len(spec.cells())} cells (spec {spec.spec_hash}, experiment {spec.experiment})"]
-    for cell in spec.cells():
-        axes = ", ".join(f"{k}={v}" for k, v in cell.axes.items())
-        lines.append(f"  {cell.id}  {axes}")
-    return lines
 
 
 def summary_lines(outcome: GridOutcome) -> list[str]:

@@ -1,4 +1,8 @@
-"""The `triadapt` command line. Bad input: one line on stderr and exit code 2."""
+"""The `triadapt` command line. Bad input: one line on stderr and exit code 2.
+
+Each command imports what it needs when it runs (``--help`` loads neither torch nor
+transformers nor mlflow).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,11 @@ EXIT_BAD_INPUT = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from triadapt_runner.training import ensure_offline_defaults
+    from triadapt_runner.launch import ensure_offline_defaults
 
     ensure_offline_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
     try:
         return args.handler(args) or 0
     except (TriAdaptError, yaml.YAMLError) as exc:
@@ -31,10 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``triadapt COMMAND: error: …; see … --help``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="triadapt", description="TriAdaptLoRA: train, ablate, compare.")
+    parser = OneLineParser(prog="triadapt", description="TriAdaptLoRA: train, ablate, compare.")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     demo = sub.add_parser("demo", help="LoRA vs TriAdaptLoRA on MiniLM + Rotten Tomatoes, tracked in MLflow")
     demo.add_argument("--quick", action="store_true", help="a much smaller subset (for CI)")
@@ -61,13 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="paper-style table from MLflow (mean ± std over seeds)")
     group = compare.add_mutually_exclusive_group(required=True)
-    group.add_argument("--grid", help="the latest grid of this name")
+    group.add_argument("--grid", help="the latest grid of this name, or a grid YAML file (its name and experiment); "
+                                      "without --experiment, the one experiment that holds the grid")
     group.add_argument("--parent", help="a grid's parent run id")
     group.add_argument("--all", action="store_true", help="every finished cell run of the experiment")
     compare.add_argument("--metric", default="main", help="metric per task (default: each task's main metric)")
     compare.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     compare.add_argument("--csv", type=Path, help="also write mean, std, n, median as CSV here")
-    _tracking_args(compare)
+    _tracking_args(compare, default_experiment=None)
     compare.set_defaults(handler=_compare)
 
     plugins = sub.add_parser("plugins", help="list installed plugins, their strategies and load errors")
@@ -75,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(handler=_plugins)
 
     data = sub.add_parser("data", help="built-in datasets and declared tasks")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=OneLineParser)
     data_sub.add_parser("list", help="list tasks and built-in datasets").set_defaults(handler=_data_list)
     fetch = data_sub.add_parser("fetch", help="download and verify a built-in dataset")
     fetch.add_argument("name")
@@ -92,17 +103,16 @@ def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
 def _tracking_args(parser: argparse.ArgumentParser, default_experiment: str | None = "triadapt") -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                "sqlite:///./mlflow.db)")
-    parser.add_argument("--experiment", default=default_experiment, help="MLflow experiment name")
+    parser.add_argument("--experiment", default=default_experiment,
+                        help=f"MLflow experiment name (default: {default_experiment or 'the grid file names it'})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 # -- handlers -------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from triadapt_runner.ablate import preflight, run_cell
     from triadapt_runner.config import RunConfig, apply_overrides
-    from triadapt_runner.distributed import init_processes, is_main_process, main_only
     from triadapt_runner.grid import Cell
-    from triadapt_runner.tracking import Tracker
+    from triadapt_runner.preflight import preflight
 
     base = _read_yaml(args.config) if args.config else {}
     overrides = dict(_parse_override(o) for o in args.overrides)
@@ -110,8 +120,13 @@ def _train(args: argparse.Namespace) -> int:
         overrides["data.task"] = args.task
     cfg = RunConfig.from_dict(apply_overrides(base, overrides))
     cell = Cell(cfg.config_hash(with_seed=True), cfg, {}, cfg.train.seed)
+    _quiet_libraries()
+    preflight([cell])  # data, model, adapters and schedule: before any MLflow run exists
+    from triadapt_runner.ablate import run_cell
+    from triadapt_runner.distributed import init_processes, is_main_process, main_only
+    from triadapt_runner.tracking import Tracker
+
     init_processes()
-    preflight([cell])
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment), share=False)  # None on other processes
     outcome = run_cell(tracker, cell, None, None, progress=not args.no_progress, checkpoint_root=args.checkpoint_dir)
     if not is_main_process():
@@ -124,15 +139,24 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from triadapt_runner.ablate import dry_run_lines, run_grid, summary_lines
-    from triadapt_runner.distributed import init_processes, is_main_process, main_only
     from triadapt_runner.grid import load_grid
-    from triadapt_runner.tracking import Tracker
 
     spec = load_grid(args.grid)
     if args.dry_run:
-        print("\n".join(dry_run_lines(spec)))
+        from triadapt_runner.errors import RunnerError
+        from triadapt_runner.preflight import dry_run_lines
+
+        _quiet_without_imports()
+        lines, invalid = dry_run_lines(spec)
+        print("\n".join(lines))
+        if invalid:
+            raise RunnerError(f"{args.grid}: {invalid} of {len(spec.cells())} cells are invalid (listed above)")
         return 0
+    _quiet_libraries()
+    from triadapt_runner.ablate import run_grid, summary_lines
+    from triadapt_runner.distributed import init_processes, is_main_process, main_only
+    from triadapt_runner.tracking import Tracker
+
     init_processes()
     main = is_main_process()
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment or spec.experiment), share=False)
@@ -144,11 +168,13 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    _quiet_mlflow()
     from triadapt_runner.compare import build_table, collect_runs
     from triadapt_runner.tracking import Tracker
 
-    tracker = Tracker(args.tracking_uri, args.experiment)
-    runs = collect_runs(tracker, parent_id=args.parent, grid=args.grid)
+    grid, experiment = _grid_and_experiment(args)
+    tracker = Tracker(args.tracking_uri, experiment)
+    runs = collect_runs(tracker, parent_id=args.parent, grid=grid)
     table = build_table(runs, args.metric)
     print(table.terminal(), end="")
     for path, text in ((args.markdown, table.markdown()), (args.csv, table.csv())):
@@ -159,7 +185,33 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_and_experiment(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The grid name and its experiment: --experiment wins, then the grid file's, then the one that holds the grid."""
+    from triadapt_runner.errors import RunnerError
+
+    grid, experiment = args.grid, args.experiment
+    if grid and Path(grid).suffix in (".yaml", ".yml"):
+        from triadapt_runner.yamlfile import read_yaml
+
+        data = read_yaml(Path(grid), "grid")
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise RunnerError(f"{grid}: not a grid file (a mapping with a 'name')")
+        grid, experiment = data["name"], experiment or str(data.get("experiment", "triadapt"))
+    if experiment or not grid:
+        return grid, experiment or "triadapt"
+    from triadapt_runner.tracking import experiments_with_grid
+
+    found = experiments_with_grid(args.tracking_uri, grid)
+    if len(found) == 1:
+        return grid, found[0]
+    if not found:
+        raise RunnerError(f"grid={grid!r} is invalid: no grid of that name in any experiment of the tracking store")
+    raise RunnerError(f"grid={grid!r} is ambiguous: experiments {', '.join(found)} each hold a grid of that name; "
+                      f"pass --experiment")
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _quiet_libraries()
     from triadapt_runner.demo import run_demo
 
     return run_demo(args.tracking_uri, args.experiment, quick=args.quick, progress=not args.no_progress)
@@ -213,25 +265,45 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _parse_override(text: str) -> tuple[str, Any]:
     from triadapt_runner.errors import RunnerError
 
+    from triadapt_runner.yamlfile import load_yaml
+
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise RunnerError(f"--set {text!r} is invalid: use KEY=VALUE, e.g. --set train.epochs=2")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), load_yaml(value)
+    except yaml.YAMLError as exc:
+        raise RunnerError(f"--set {text!r} is invalid: the value is not valid YAML ({getattr(exc, 'problem', exc)})")
+
+
+def _quiet_without_imports() -> None:
+    """Checks only: transformers and datasets read these when (and if) they are imported."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _quiet_mlflow() -> None:
+    import logging
+
+    import mlflow  # noqa: F401  (configures its loggers on import: quiet them afterwards)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _quiet_libraries() -> None:
-    import logging
+    """Training commands: the progress bars and warnings of datasets, transformers and mlflow off."""
     import warnings
 
     import datasets
-    import mlflow  # noqa: F401  (configures its loggers on import: quiet them afterwards)
     from transformers.utils import logging as hf_logging
 
+    _quiet_mlflow()
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 

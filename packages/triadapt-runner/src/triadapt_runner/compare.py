@@ -33,14 +33,17 @@ class Stat:
         return statistics.fmean(self.values)
 
     @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if self.n > 1 else 0.0
+    def std(self) -> float | None:
+        """Sample standard deviation; undefined (None) for a single value."""
+        return statistics.stdev(self.values) if self.n > 1 else None
 
     @property
     def median(self) -> float:
         return statistics.median(self.values)
 
     def text(self, scale: float = 100.0) -> str:
+        if self.std is None:
+            return f"{self.mean * scale:.2f} (n=1)"
         return f"{self.mean * scale:.2f} ± {self.std * scale:.2f} (n={self.n})"
 
 
@@ -82,8 +85,9 @@ class Table:
         writer = csv.writer(buffer)
         writer.writerow(["method", "task", "metric", "mean", "std", "n", "median"])
         for (method, task), stat in sorted(self.cells.items()):
-            writer.writerow([method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", f"{stat.std:.6f}",
-                             stat.n, f"{stat.median:.6f}"])
+            std = "" if stat.std is None else f"{stat.std:.6f}"
+            writer.writerow([method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", std, stat.n,
+                             f"{stat.median:.6f}"])
         return buffer.getvalue()
 
 

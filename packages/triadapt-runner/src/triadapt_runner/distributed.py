@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -23,15 +22,7 @@ from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, Dis
 from triadapt.gradients import set_grad_accessor
 from triadapt_runner.config import TrainConfig, read_deepspeed_config
 from triadapt_runner.errors import RunnerError
-
-
-def check_launch_environment() -> None:
-    """Fail fast on launcher settings the runner does not support, saying what to use instead."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        raise RunnerError("FSDP is not supported: it flattens parameters and cannot leave inactive rank units "
-                          "out of the forward; use DeepSpeed ZeRO-3 instead (--set train.zero_stage=3)")
-    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "fp16":
-        raise RunnerError("ACCELERATE_MIXED_PRECISION='fp16' is not supported: use bf16 (train.mixed_precision=bf16)")
+from triadapt_runner.launch import check_launch_environment, is_main_process, world_size
 
 
 def make_accelerator(train: TrainConfig) -> Accelerator:
@@ -170,14 +161,6 @@ def _gathered(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> Any
 
 
 # -- process group and main-process decisions -------------------------------------------------------
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def init_processes() -> None:
     """Under a multi-process launch (torchrun, deepspeed, accelerate launch), join the process group once."""
     import torch.distributed as dist

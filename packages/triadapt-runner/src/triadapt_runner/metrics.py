@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 def compute(metrics: Sequence[str], predictions: Sequence, labels: Sequence) -> dict[str, float]:
     """Each named metric of predictions (class ids, or scores for regression) against labels."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     preds, gold = np.asarray(predictions), np.asarray(labels)
     out = {}
     for name in metrics:

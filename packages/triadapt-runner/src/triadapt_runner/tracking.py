@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -28,17 +30,54 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def artifact_root(uri: str) -> Path | None:
+    """Where the artifacts of a sqlite store go: ``mlartifacts/`` beside the database file (None for other stores).
+
+    MLflow would put them in ``./mlruns`` of whatever folder the command runs in.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    database = Path(unquote(uri[len("sqlite:///"):]))  # sqlite:///relative.db or sqlite:////absolute.db
+    return database.resolve().parent / "mlartifacts"
+
+
+def client(uri: str) -> MlflowClient:
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as exc:
+        raise RunnerError(f"tracking_uri={uri!r} is unusable: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def experiments_with_grid(uri: str | None, grid: str) -> list[str]:
+    """Names of the experiments of the store that hold a parent run of grid ``grid``."""
+    store = client(uri or default_tracking_uri())
+    experiments = {e.experiment_id: e.name for e in store.search_experiments()}
+    found: set[str] = set()
+    if experiments:
+        runs = store.search_runs(list(experiments), f"tags.`{TAG_PREFIX}grid` = '{grid}' and "
+                                                    f"tags.`{TAG_PREFIX}role` = 'parent'", max_results=1000)
+        found = {experiments[r.info.experiment_id] for r in runs}
+    return sorted(found)
+
+
 class Tracker:
     def __init__(self, uri: str | None = None, experiment: str = "triadapt"):
         self.uri = uri or default_tracking_uri()
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
             found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            self.experiment_id = found.experiment_id if found else self._create(experiment)
         except Exception as exc:
             raise RunnerError(f"tracking_uri={self.uri!r} is unusable: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]}") from None
         self.experiment = experiment
+
+    def _create(self, experiment: str) -> str:
+        root = artifact_root(self.uri)
+        location = (root / re.sub(r"[^A-Za-z0-9._-]", "_", experiment)).as_uri() if root else None
+        return self.client.create_experiment(experiment, artifact_location=location)
 
     # -- runs -------------------------------------------------------------------------------------
     def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:

