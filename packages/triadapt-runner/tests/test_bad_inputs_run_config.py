@@ -41,6 +41,20 @@ CASES = [
     ("lora-identity", {"adapter.structure": "lora", "adapter.core_init": "identity"},
      r"adapter.core_init='identity' is invalid: structure 'lora' has no core"),
     ("unknown-model", {"model": "no/such-model-here"}, r"model='no/such-model-here' is invalid"),
+    ("unknown-approach", {"approach": "dora"}, r"approach='dora' is invalid: use one of triadapt, increlora-style, "
+                                                r"peft-lora, peft-adalora, full-finetune"),
+    ("option-of-another-approach", {"approach_options.init_r": 12}, r"approach_options.init_r=12 is invalid: approach "
+                                                                      r"'triadapt' takes no options"),
+    ("adalora-total-budget", {"approach": "peft-adalora", "adapter.total_budget": 100},
+     r"adapter.total_budget=100 is invalid with approach 'peft-adalora': AdaLoRA's budget is a rank per matrix"),
+    ("adalora-init-below-target", {"approach": "peft-adalora", "approach_options.init_r": 1},
+     r"approach_options.init_r=1 is invalid: AdaLoRA prunes from init_r to target_r = adapter.ref_rank = 2"),
+    ("adalora-no-allocation", {"approach": "peft-adalora", "approach_options.tinit": 3},
+     r"approach_options.tinit=3 is invalid: AdaLoRA allocates between tinit and T - tfinal"),
+    ("increlora-other-structure", {"approach": "increlora-style", "adapter.structure": "triangular"},
+     r"adapter.structure='triangular' is invalid with approach 'increlora-style', which sets it to 'lora'"),
+    ("peer-under-deepspeed", {"approach": "peft-lora", "train.zero_stage": 2},
+     r"approach='peft-lora' is invalid in a multi-process or DeepSpeed run"),
 ]
 
 

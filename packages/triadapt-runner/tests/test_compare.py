@@ -46,3 +46,30 @@ def test_unfinished_runs_are_ignored(tracker):
                                      "rotten_tomatoes", "triadapt.seed": "0", "triadapt.config_hash": "c1"})
     tracker.end_run(failed, "FAILED")
     assert build_table(collect_runs(tracker)).cells[("tri", "rotten_tomatoes")].n == 1
+
+
+def test_baseline_column_pairs_shared_seeds_and_is_logged_on_the_parent(tracker, tmp_path):
+    parent = tracker.start_run("grid:sig", {"triadapt.role": "parent", "triadapt.grid": "sig"})
+    for seed, (lora, tri) in enumerate([(0.70, 0.72), (0.72, 0.75), (0.71, 0.72)]):
+        add_run(tracker, parent, "LoRA", "rotten_tomatoes", seed, lora)
+        add_run(tracker, parent, "TriAdaptLoRA", "rotten_tomatoes", seed, tri)
+    add_run(tracker, parent, "one seed", "rotten_tomatoes", 0, 0.74)
+    table = build_table(collect_runs(tracker, grid="sig"), baseline="LoRA")
+    diff = table.difference("TriAdaptLoRA", "rotten_tomatoes")
+    assert diff.test == "paired" and diff.diff == pytest.approx(0.02)
+    text = table.terminal()
+    assert "Δ vs LoRA [95% CI] p" in text and "+2.00 [" in text and "(paired, n=3)" in text
+    assert "74.00 (n=1)" in text and "±" not in text.split("one seed")[1].split("\n")[0]
+    row = next(line for line in table.csv().splitlines() if line.startswith("TriAdaptLoRA"))
+    assert row.split(",")[7:9] == ["LoRA", "0.020000"] and row.endswith(",paired,3")
+    from triadapt_runner.compare import log_table
+
+    assert log_table(tracker, parent, table) == ["compare-main-vs-LoRA.md", "compare-main-vs-LoRA.csv"]
+    logged = {a.path for a in tracker.client.list_artifacts(parent)}
+    assert {"compare-main-vs-LoRA.md", "compare-main-vs-LoRA.csv"} <= logged
+
+
+def test_unknown_baseline_names_the_rows(tracker):
+    add_run(tracker, None, "tri", "rotten_tomatoes", 0, 0.8)
+    with pytest.raises(RunnerError, match="baseline='LoRA' is invalid: the rows are 'tri'"):
+        build_table(collect_runs(tracker), baseline="LoRA")

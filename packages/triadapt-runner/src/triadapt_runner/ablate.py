@@ -8,11 +8,13 @@ parent run). A failing cell does not stop the grid unless ``fail_fast``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -56,10 +58,13 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
     """
     if tracker is None:
         return _run_cell_worker(cell, progress, output_root, checkpoint_root)
-    cfg, adapter = cell.config, cell.config.adapter_config(None)
+    from triadapt_runner.methods import method_for
+
+    cfg = cell.config
     tags = {f"{T}cell_id": cell.id, f"{T}method": cfg.label, f"{T}task": cfg.data.task, f"{T}seed": str(cell.seed),
             f"{T}config_hash": cfg.config_hash(), f"{T}role": "cell", f"{T}model": cfg.model,
-            f"{T}scorer": adapter.scorer, f"{T}structure": adapter.structure, f"{T}threshold": adapter.threshold}
+            f"{T}approach": cfg.approach}
+    tags.update({f"{T}{key}": value for key, value in method_for(cfg).strategy_tags(cfg).items()})
     tags.update({f"{T}axis.{k}": str(v) for k, v in cell.axes.items()})
     if grid:
         tags[f"{T}grid"] = grid
@@ -107,14 +112,17 @@ def _clear_checkpoints(root: str | Path | None, cell: Cell) -> None:
 def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
     tracker.set_tag(run_id, f"{T}world_size", str(result.world_size))
     tracker.log_metrics(run_id, {f"result_{k}": v for k, v in result.metrics.items()}, result.total_steps)
+    tracker.log_metrics(run_id, result.run_metrics, result.total_steps)  # rank use, capacity hits, parameters, time
     for key, value in result.protocol.items():
         tracker.set_tag(run_id, f"{T}protocol.{key}", str(value))
-    tracker.log_json(run_id, "final_ranks.json", result.ranks)
+    if result.ranks:
+        tracker.log_json(run_id, "final_ranks.json", result.ranks)
     out = result.output_dir
     for name in ("growth_events.json", "rank_trajectory.csv", "rank_heatmap.png", "eval_logits.json"):
         if (out / name).is_file():
             tracker.log_artifact(run_id, out / name)
-    tracker.log_artifact(run_id, out / "adapter", artifact_path="adapter")  # adapter only, never base weights
+    if (out / "adapter").is_dir():  # adapter only, never base weights (full fine-tuning saves nothing)
+        tracker.log_artifact(run_id, out / "adapter", artifact_path="adapter")
 
 
 def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
@@ -138,8 +146,40 @@ def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fa
         if outcome.status == "failed" and fail_fast:
             break
     if main:
+        log_rank_figure(tracker, parent_id)
         tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
     return GridOutcome(parent_id, outcomes)
+
+
+GROWING = ("triadapt", "increlora-style", "peft-adalora")
+
+
+def log_rank_figure(tracker: Tracker, parent_id: str) -> str | None:
+    """The paper's Figure 2 for the grid: final-rank heatmaps of every row whose ranks are allocated, side by side.
+
+    One panel per row (method label), from its first task and lowest seed; logged on the parent run
+    as ``rank_heatmaps.png``. Rows with fixed ranks (LoRA, full fine-tuning) have no panel.
+    """
+    from triadapt_runner.plots import rank_heatmaps
+
+    chosen: dict[str, Any] = {}
+    for run in sorted(tracker.children(parent_id), key=lambda r: (r.info.start_time, int(r.data.tags[f"{T}seed"]))):
+        tags = run.data.tags
+        allocates = tags.get(f"{T}approach", "triadapt") in GROWING and tags.get(f"{T}threshold") != "none"
+        if run.info.status == FINISHED and allocates and tags[f"{T}method"] not in chosen:
+            chosen[tags[f"{T}method"]] = run
+    if not chosen:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        panels = {}
+        for method, run in chosen.items():
+            local = tracker.client.download_artifacts(run.info.run_id, "final_ranks.json", tmp)
+            panels[f"{method} ({run.data.tags[f'{T}task']}, seed {run.data.tags[f'{T}seed']})"] = json.loads(
+                Path(local).read_text())
+            Path(local).unlink()
+        figure = rank_heatmaps(panels, Path(tmp) / "rank_heatmaps.png", title="final ranks per matrix")
+        tracker.log_artifact(parent_id, figure)
+    return "rank_heatmaps.png"
 
 
 def _open_grid(spec: GridSpec, tracker: Tracker, force: bool) -> tuple[str, dict[str, str]]:

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="main", help="metric per task (default: each task's main metric)")
     compare.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     compare.add_argument("--csv", type=Path, help="also write mean, std, n, median as CSV here")
+    compare.add_argument("--baseline", metavar="ROW", help="add each row's difference to this row, with a 95%% CI and "
+                                                         "a p-value (paired t-test on shared seeds, else Welch)")
     _tracking_args(compare, default_experiment=None)
     compare.set_defaults(handler=_compare)
 
@@ -169,14 +171,16 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     _quiet_mlflow()
-    from triadapt_runner.compare import build_table, collect_runs
+    from triadapt_runner.compare import build_table, collect_runs, log_table, parent_of
     from triadapt_runner.tracking import Tracker
 
     grid, experiment = _grid_and_experiment(args)
     tracker = Tracker(args.tracking_uri, experiment)
-    runs = collect_runs(tracker, parent_id=args.parent, grid=grid)
-    table = build_table(runs, args.metric)
+    parent = parent_of(tracker, grid) if grid else args.parent
+    table = build_table(collect_runs(tracker, parent_id=parent), args.metric, args.baseline)
     print(table.terminal(), end="")
+    if parent:
+        print(f"logged {', '.join(log_table(tracker, parent, table))} on the grid's parent run {parent}")
     for path, text in ((args.markdown, table.markdown()), (args.csv, table.csv())):
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,19 +2,22 @@
 
 Only FINISHED cell runs count. Within one (method, task) cell of the table every run must
 share one config (apart from the seed) and seeds must not repeat: otherwise the table
-would silently average different things, so it is refused.
+would silently average different things, so it is refused. With a baseline row, every other
+row gets its difference to it per task, with a 95 % CI and a p-value (`significance`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from triadapt_runner.data.tasks import TASKS
 from triadapt_runner.errors import RunnerError
+from triadapt_runner.significance import Difference, difference
 from triadapt_runner.tracking import FINISHED, TAG_PREFIX, Tracker
 
 T = TAG_PREFIX
@@ -23,6 +26,11 @@ T = TAG_PREFIX
 @dataclass
 class Stat:
     values: list[float]
+    seeds: list[int] | None = None
+
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds or range(len(self.values)), self.values))
 
     @property
     def n(self) -> int:
@@ -53,6 +61,14 @@ class Table:
     tasks: list[str]
     cells: dict[tuple[str, str], Stat]
     metric: str
+    baseline: str | None = None
+
+    def difference(self, method: str, task: str) -> Difference | None:
+        """``method`` against the baseline row on ``task`` (None for the baseline itself or a missing cell)."""
+        if self.baseline is None or method == self.baseline:
+            return None
+        row, base = self.cells.get((method, task)), self.cells.get((self.baseline, task))
+        return difference(row.by_seed, base.by_seed) if row and base else None
 
     def average(self, method: str) -> float | None:
         means = [self.cells[(method, t)].mean for t in self.tasks if (method, t) in self.cells]
@@ -64,11 +80,19 @@ class Table:
             row = [method] + [self.cells[(method, t)].text() if (method, t) in self.cells else "—"
                               for t in self.tasks]
             avg = self.average(method)
-            out.append(row + [f"{avg * 100:.2f}" if avg is not None else "—"])
+            row.append(f"{avg * 100:.2f}" if avg is not None else "—")
+            if self.baseline is not None:
+                for task in self.tasks:
+                    diff = self.difference(method, task)
+                    row.append("baseline" if method == self.baseline else diff.text() if diff else "—")
+            out.append(row)
         return out
 
     def header(self) -> list[str]:
-        return ["method"] + [f"{t} ({_metric_name(t, self.metric)})" for t in self.tasks] + ["average"]
+        head = ["method"] + [f"{t} ({_metric_name(t, self.metric)})" for t in self.tasks] + ["average"]
+        if self.baseline is not None:
+            head += [f"{t}: Δ vs {self.baseline} [95% CI] p" for t in self.tasks]
+        return head
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
@@ -83,12 +107,23 @@ class Table:
     def csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["method", "task", "metric", "mean", "std", "n", "median"])
+        head = ["method", "task", "metric", "mean", "std", "n", "median"]
+        if self.baseline is not None:
+            head += ["baseline", "diff", "ci_low", "ci_high", "p_value", "test", "test_n"]
+        writer.writerow(head)
         for (method, task), stat in sorted(self.cells.items()):
             std = "" if stat.std is None else f"{stat.std:.6f}"
-            writer.writerow([method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", std, stat.n,
-                             f"{stat.median:.6f}"])
+            line = [method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", std, stat.n, f"{stat.median:.6f}"]
+            if self.baseline is not None:
+                d = self.difference(method, task)
+                line += [self.baseline] + (["", "", "", "", "", ""] if d is None else [
+                    f"{d.diff:.6f}", _num(d.ci_low), _num(d.ci_high), _num(d.p_value), d.test, d.n])
+            writer.writerow(line)
         return buffer.getvalue()
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
 
 
 def _metric_name(task: str, metric: str) -> str:
@@ -97,12 +132,27 @@ def _metric_name(task: str, metric: str) -> str:
     return TASKS[task].main_metric if task in TASKS else "accuracy"
 
 
+def parent_of(tracker: Tracker, grid: str) -> str:
+    """The run id of the latest grid named ``grid``."""
+    parents = tracker.find_parents(grid)
+    if not parents:
+        raise RunnerError(f"grid={grid!r} is invalid: no grid of that name in experiment {tracker.experiment!r}")
+    return parents[-1].info.run_id
+
+
+def log_table(tracker: Tracker, parent_id: str, table: Table) -> list[str]:
+    """The table as Markdown and CSV artifacts of the grid's parent run; returns their names."""
+    stem = f"compare-{table.metric}" + (f"-vs-{re.sub(r'[^A-Za-z0-9._-]+', '_', table.baseline)}"
+                                        if table.baseline else "")
+    names = [f"{stem}.md", f"{stem}.csv"]
+    for name, text in zip(names, (table.markdown(), table.csv())):
+        tracker.log_text(parent_id, name, text)
+    return names
+
+
 def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | None = None) -> list[Any]:
     if grid is not None:
-        parents = tracker.find_parents(grid)
-        if not parents:
-            raise RunnerError(f"grid={grid!r} is invalid: no grid of that name in experiment {tracker.experiment!r}")
-        parent_id = parents[-1].info.run_id
+        parent_id = parent_of(tracker, grid)
     if parent_id is not None:
         runs = tracker.children(parent_id)
         if not runs:
@@ -112,7 +162,7 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
     return [r for r in runs if r.info.status == FINISHED]
 
 
-def build_table(runs: list[Any], metric: str = "main") -> Table:
+def build_table(runs: list[Any], metric: str = "main", baseline: str | None = None) -> Table:
     cells: dict[tuple[str, str], list[tuple[int, str, float]]] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
@@ -137,4 +187,7 @@ def build_table(runs: list[Any], metric: str = "main") -> Table:
                               f"ran twice; compare one grid (--grid / --parent) instead of the whole experiment")
     methods = list(dict.fromkeys(m for m, _ in cells))
     tasks = list(dict.fromkeys(t for _, t in cells))
-    return Table(methods, tasks, {k: Stat([v for _, _, v in e]) for k, e in cells.items()}, metric)
+    if baseline is not None and baseline not in methods:
+        raise RunnerError(f"baseline={baseline!r} is invalid: the rows are {', '.join(repr(m) for m in methods)}")
+    stats = {k: Stat([v for _, _, v in e], [s for s, _, _ in e]) for k, e in cells.items()}
+    return Table(methods, tasks, stats, metric, baseline)

@@ -1,9 +1,11 @@
 """`RunConfig`: one training run (model, data, training, adapter), validated on construction.
 
 Built from nested dicts (YAML) or dotted overrides (``train.epochs=3``); ``task`` is a
-shortcut for ``data.task``. The adapter section holds `triadapt.TriAdaptConfig` fields;
-``total_steps`` is derived by the runner, and ``warmup_steps`` / ``growth_interval`` default
-to a tenth of it when not given.
+shortcut for ``data.task``. ``approach`` names the method (``triadapt``, ``increlora-style``,
+``peft-lora``, ``peft-adalora``, ``full-finetune``; see `triadapt_runner.methods`) and
+``approach_options`` its own options. The adapter section holds `triadapt.TriAdaptConfig`
+fields; ``total_steps`` is derived by the runner, and ``warmup_steps`` / ``growth_interval``
+default to t0 = ΔT = T / 50 (`regime_interval`), the paper's growth regime.
 """
 
 from __future__ import annotations
@@ -116,32 +118,52 @@ class TrainConfig:
                           "use 'no' or 'bf16' (fp16 needs a GPU loss scaler and is not supported on CPU)")
 
 
+EVENTS_PER_RUN = 50  # T / ΔT: the paper's runs have 33-86 (docs/concepts.md, "The growth regime")
+
+
+def regime_interval(total_steps: int) -> int:
+    """Default t0 = ΔT for a run of T optimizer steps: about 50 growth intervals, as in the paper's runs."""
+    return max(1, round(total_steps / EVENTS_PER_RUN))
+
+
 @dataclass
 class RunConfig:
     model: str = DEFAULT_MODEL
-    method: str | None = None  # row label in comparisons; defaults to a summary of the adapter
+    method: str | None = None  # row label in comparisons; defaults to a summary of the approach
+    approach: str = "triadapt"  # triadapt | increlora-style | peft-lora | peft-adalora | full-finetune
+    approach_options: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from triadapt_runner.methods import APPROACHES
+
+        if self.approach not in APPROACHES:
+            raise invalid("approach", self.approach, f"use one of {', '.join(APPROACHES)}")
+        if not isinstance(self.approach_options, dict):
+            raise invalid("approach_options", self.approach_options, "must be a mapping")
+        allowed = APPROACHES[self.approach].options
+        unknown = sorted(set(self.approach_options) - set(allowed))
+        if unknown:
+            raise invalid(f"approach_options.{unknown[0]}", self.approach_options[unknown[0]],
+                          f"approach {self.approach!r} takes " + (", ".join(sorted(allowed)) or "no options"))
         if not isinstance(self.adapter, dict):
             raise invalid("adapter", self.adapter, "must be a mapping of TriAdaptConfig fields")
         self.adapter_config(total_steps=None)  # validates the adapter section now
 
     @property
     def label(self) -> str:
-        if self.method:
-            return self.method
-        a = {**TriAdaptConfig().to_dict(), **self.adapter}
-        return f"{a['structure']}/{a['scorer']}/{a['threshold']}"
+        from triadapt_runner.methods import APPROACHES
 
-    def adapter_config(self, total_steps: int | None) -> TriAdaptConfig:
-        fields = dict(self.adapter)
+        return self.method or APPROACHES[self.approach].label(self)
+
+    def adapter_config(self, total_steps: int | None, fields: dict[str, Any] | None = None) -> TriAdaptConfig:
+        """The TriAdaptConfig of the adapter section (or of ``fields``), T and the regime defaults set."""
+        fields = dict(self.adapter if fields is None else fields)
         if total_steps is not None:
-            tenth = max(1, total_steps // 10)
-            fields.setdefault("warmup_steps", tenth)
-            fields.setdefault("growth_interval", tenth)
+            fields.setdefault("warmup_steps", regime_interval(total_steps))
+            fields.setdefault("growth_interval", regime_interval(total_steps))
             fields["total_steps"] = total_steps
         else:
             fields.setdefault("warmup_steps", 0)
@@ -201,7 +223,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def valid_keys() -> list[str]:
-    keys = ["model", "method", "task"]
+    from triadapt_runner.methods import APPROACHES
+
+    keys = ["model", "method", "approach", "task"]
+    keys += sorted({f"approach_options.{name}" for method in APPROACHES.values() for name in method.options})
     keys += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)]
     keys += [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)]
     keys += [f"adapter.{f.name}" for f in dataclasses.fields(TriAdaptConfig)]

@@ -25,7 +25,8 @@ def check_launch_environment() -> None:
 
 
 def ensure_offline_defaults() -> None:
-    """The built-in model needs no network: avoid hub look-ups that stall before failing."""
+    """The built-in model needs no network: avoid hub look-ups that stall before failing; no download bars."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # artifact downloads of the figures

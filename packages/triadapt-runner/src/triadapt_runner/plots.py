@@ -27,22 +27,38 @@ def rank_grid(ranks: dict[str, int]) -> tuple[list[int], list[str], list[list[in
 
 
 def rank_heatmap(ranks: dict[str, int], path: str | Path, title: str = "final ranks") -> Path:
-    layers, kinds, grid = rank_grid(ranks)
+    return rank_heatmaps({title: ranks}, path)
+
+
+def rank_heatmaps(panels: dict[str, dict[str, int]], path: str | Path, title: str | None = None) -> Path:
+    """One heatmap per panel (title -> final ranks), side by side on one colour scale (the paper's Figure 2)."""
+    grids = [rank_grid(ranks) for ranks in panels.values()]
+    width = max(len(kinds) for _, kinds, _ in grids)
+    height = max(len(layers) for layers, _, _ in grids)
+    fig, axes = plt.subplots(1, len(panels), figsize=((1.1 * width + 2) * len(panels), 0.45 * height + 1.9),
+                             squeeze=False)
+    high = max(max(ranks.values()) for ranks in panels.values())
+    for ax, (name, (layers, kinds, grid)) in zip(axes[0], zip(panels, grids)):
+        image = _draw(ax, layers, kinds, grid, high)
+        ax.set_title(name)
+    colorbar = fig.colorbar(image, ax=list(axes[0]), label="rank")
+    colorbar.locator = MaxNLocator(integer=True)
+    colorbar.update_ticks()
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _draw(ax, layers: list[int], kinds: list[str], grid: list[list[int | None]], high: int):
     values = [[float("nan") if v is None else v for v in row] for row in grid]
-    fig, ax = plt.subplots(figsize=(1.1 * len(kinds) + 2, 0.45 * len(layers) + 1.6))
-    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    image = ax.imshow(values, cmap="viridis", aspect="auto", vmin=0, vmax=high)
     ax.set_xticks(range(len(kinds)), [k.replace("attention.", "attn.") for k in kinds], rotation=35, ha="right")
     ax.set_yticks(range(len(layers)), [f"layer {i}" for i in layers])
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
             if value is not None:
                 ax.text(j, i, str(value), ha="center", va="center", color="white", fontsize=8)
-    colorbar = fig.colorbar(image, ax=ax, label="rank")
-    colorbar.locator = MaxNLocator(integer=True)
-    colorbar.update_ticks()
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return image

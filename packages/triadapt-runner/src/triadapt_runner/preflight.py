@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from triadapt.errors import ConfigError, TargetError, TriAdaptError
+from triadapt.errors import TriAdaptError
 from triadapt_runner.launch import check_launch_environment, world_size
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid import Cell
@@ -26,7 +26,7 @@ from triadapt_runner.models import model_path
 class CellCheck:
     cell: Cell
     total_steps: int | None = None
-    plan: Any = None  # triadapt.InjectionPlan
+    plan: Any = None  # the method's MethodPlan
     error: str | None = None
 
     @property
@@ -37,8 +37,8 @@ class CellCheck:
         """One line: the schedule of a valid cell, or its error."""
         if self.error:
             return f"INVALID: {self.error}"
-        schedule = self.plan.schedule
-        return f"T={self.total_steps}, {self.plan.num_matrices} matrices, {schedule.summary(limit=3)}"
+        text = f"T={self.total_steps}, {self.plan.num_matrices} matrices, {self.plan.summary}"
+        return text + (f"; {self.plan.warning}" if self.plan.warning else "")
 
 
 def optimizer_steps(items: int, train: Any, world: int) -> int:
@@ -64,20 +64,20 @@ class Preflight:
             return CellCheck(cell, error=str(exc).splitlines()[0])
 
     def _check(self, cell: Cell) -> CellCheck:
-        from triadapt import plan_injection
         from triadapt_runner.kinds import kind_for
+        from triadapt_runner.methods import method_for
 
         cfg = cell.config
+        method = method_for(cfg)
+        if not method.distributed and (self.world > 1 or cfg.train.zero_stage is not None or cfg.train.deepspeed_config):
+            raise RunnerError(f"approach={cfg.approach!r} is invalid in a multi-process or DeepSpeed run: the peers "
+                              f"run in one process; only approach 'triadapt' runs under DDP and DeepSpeed")
         task, rows = self._data(cfg.data)
         kind = kind_for(task)
         items = kind.count_train_items(cfg, task, rows, lambda: self._tokenizer(cfg.model))
         total = optimizer_steps(items, cfg.train, self.world)
         model = self._model(cfg.model, kind, task)
-        try:
-            plan = plan_injection(model, cfg.adapter_config(total))
-        except (ConfigError, TargetError) as exc:
-            raise RunnerError(f"adapter.{exc}") from None
-        return CellCheck(cell, total, plan)
+        return CellCheck(cell, total, method.plan(model, cfg, total))
 
     def _data(self, data: Any) -> Any:
         from triadapt_runner.data.loading import load_rows

@@ -110,6 +110,9 @@ class Tracker:
             path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
             self.client.log_artifact(run_id, str(path))
 
+    def log_text(self, run_id: str, name: str, text: str) -> None:
+        self.client.log_text(run_id, text, name)
+
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():

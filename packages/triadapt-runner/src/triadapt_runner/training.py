@@ -1,15 +1,14 @@
-"""One training run on accelerate: data, model, TriAdapt adapters, AdamW, schedule, evaluation.
+"""One training run on accelerate: data, model, the run's method (TriAdaptLoRA or a peer), AdamW, evaluation.
 
 T (optimizer steps) is derived from the data, epochs, accumulation and world size; the
-growth schedule is validated and printed before step 1; the runner calls the controller
-after every optimizer step, so allocation cannot be forgotten.
+method's plan (TriAdaptLoRA: the growth schedule) is printed before step 1; the loop drives
+the method after every optimizer step, so allocation cannot be forgotten.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,35 +19,24 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from triadapt import Controller, Schedule, inject
 from triadapt.gradients import set_grad_accessor
 from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
-from triadapt_runner.config import RunConfig
+from triadapt_runner.config import RunConfig, regime_interval
 from triadapt_runner.data.loading import load_task
-from triadapt_runner.data.tasks import TaskSpec
-from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole,
-                                         make_accelerator, make_units_whole, save_adapter, uses_deepspeed, zero_stage)
+from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole, make_accelerator,
+                                         make_units_whole, uses_deepspeed, zero_stage)
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.kinds import kind_for
+from triadapt_runner.methods import Adapted, MethodPlan, method_for
 from triadapt_runner.models import model_path
-from triadapt_runner.plots import rank_heatmap
 from triadapt_runner.preflight import optimizer_steps
+from triadapt_runner.results import RunResult, finish
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_")
 
 LogFn = Callable[[dict[str, float], int], None]
 
-
-@dataclass
-class RunResult:
-    metrics: dict[str, float]  # the reported validation metrics (per the protocol)
-    protocol: dict[str, Any]
-    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch validation metrics
-    ranks: dict[str, int] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    output_dir: Path | None = None
-    total_steps: int = 0
-    world_size: int = 1
+__all__ = ["RunResult", "train_run"]
 
 
 def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, progress: bool = True,
@@ -81,33 +69,35 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     if total_steps != optimizer_steps(items, cfg.train, accelerator.num_processes):
         raise RunnerError(f"internal error: the loader gives T={total_steps}, the preflight derived "
                           f"T={optimizer_steps(items, cfg.train, accelerator.num_processes)}; please report this")
-    ctl = inject(model, cfg.adapter_config(total_steps))
-    _print_schedule(accelerator, cfg, total_steps, ctl, ctl.validate_schedule())
+    method = method_for(cfg)
+    _print_plan(accelerator, cfg, total_steps, method.plan(model, cfg, total_steps))
+    adapted = method.attach(model, cfg, total_steps)
+    model = adapted.model
 
     optimizer = _optimizer(model, cfg)
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps) * world,
                                                 total_steps * world)
-    units = [p for layer in ctl.layers.values() for p in layer.units.parameters()]
-    keep_units_whole(accelerator, max(p.numel() for p in units))
+    persistent = adapted.persistent_params()
+    keep_units_whole(accelerator, max((p.numel() for p in persistent), default=0))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if zero_stage(accelerator) == 3:
-        make_units_whole(units)
+    if zero_stage(accelerator) == 3 and persistent:
+        make_units_whole(persistent)
     install_grad_accessor(accelerator)
     engine = model if uses_deepspeed(accelerator) else None
 
     state = Progress()
-    accelerator.register_for_checkpointing(ctl, state)
+    accelerator.register_for_checkpointing(adapted, state)
     accelerator.register_save_state_pre_hook(trainable_only(model))
     checkpoints = Checkpointer(accelerator, checkpoint_dir) if checkpoint_dir else None
-    every = cfg.train.checkpoint_every or ctl.config.growth_interval
+    every = cfg.train.checkpoint_every or adapted.checkpoint_interval or regime_interval(total_steps)
     resumed = checkpoints.latest() if checkpoints else None
     if resumed is not None:
         checkpoints.load(resumed, state)
         if accelerator.is_main_process:
             print(f"[{cfg.label}] resumed from {resumed} (step {state.step} of {total_steps})", flush=True)
 
-    evaluation = None
+    evaluation, step_times = None, []
     bar = tqdm(total=total_steps, initial=state.step, desc=cfg.label,
                disable=not (progress and accelerator.is_main_process), leave=False)
     for epoch in range(state.epoch, cfg.train.epochs + 1):
@@ -120,22 +110,27 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
             torch.set_rng_state(state.torch_rng)
             state.torch_rng = None
         state.epoch, state.batches_in_epoch = epoch, skip
+        started = time.perf_counter()
         for batch in batches:
             state.batches_in_epoch += 1
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                if not _backward_and_step(accelerator, engine, loss + ctl.orthogonal_loss(), ctl, model, optimizer,
-                                          scheduler, cfg.train.max_grad_norm):
+                stepped, event = _backward_and_step(accelerator, engine, loss + adapted.extra_loss(), adapted, model,
+                                                    optimizer, scheduler, cfg.train.max_grad_norm, state.step + 1)
+                if not stepped:
                     continue
             state.step += 1
-            event = ctl.step()  # an optimizer step happened: count it, grow if due
+            now = time.perf_counter()
+            step_times.append(now - started)
             if event is not None:
-                check_same_ranks(accelerator, ctl)
+                check_same_ranks(accelerator, adapted, state.step)
             bar.update(1)
             if log and (state.step % cfg.train.log_every == 0 or event is not None or state.step == total_steps):
-                log(_step_metrics(loss, scheduler, ctl), state.step)
+                log({"loss": float(loss.detach()), "lr": float(scheduler.get_last_lr()[0]), **adapted.step_metrics()},
+                    state.step)
             if checkpoints and state.step % every == 0 and state.step < total_steps:
                 checkpoints.save(state.step)
+            started = time.perf_counter()
         evaluation = kind.evaluate(model, loaders, cfg, task, accelerator)
         state.history.append({"epoch": epoch, **evaluation.scores})
         if log:
@@ -143,42 +138,49 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
         state.epoch, state.batches_in_epoch = epoch + 1, 0
     bar.close()
     set_grad_accessor(None)
-    result = _finish(cfg, task, ctl, state.history, Path(output_dir), total_steps, accelerator,
-                     evaluation.artifacts if evaluation else {})
+    result = finish(cfg, task, adapted, state.history, Path(output_dir), total_steps, accelerator,
+                    evaluation.artifacts if evaluation else {}, step_times)
     result.world_size = accelerator.num_processes
     return result
 
 
-def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor, ctl: Controller,
-                       model: torch.nn.Module, optimizer: Any, scheduler: Any, max_grad_norm: float) -> bool:
-    """Backward; at an accumulation boundary let gradient-reading scorers observe, then step. True if stepped."""
+def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor, adapted: Adapted,
+                       model: torch.nn.Module, optimizer: Any, scheduler: Any, max_grad_norm: float,
+                       step: int) -> tuple[bool, Any]:
+    """Backward; at an accumulation boundary let the method see the gradients, step, then let it act on the step.
+
+    Returns (whether an optimizer step happened, the method's event). The method acts between
+    ``optimizer.step()`` and ``zero_grad()`` (gradients still there: AdaLoRA's allocation needs them).
+    """
     sync = accelerator.sync_gradients
     if engine is not None:  # DeepSpeed: gradients exist only between backward and engine.step()
         engine.set_gradient_accumulation_boundary(is_boundary=sync)
         engine.backward(loss)
-        if sync:
-            ctl.observe_gradients()
-            engine.step()  # clipping (from the DeepSpeed config), optimizer step, zero_grad
-            scheduler.step()  # accelerate keeps our LambdaLR outside the engine
-        return sync
+        if not sync:
+            return False, None
+        adapted.before_optimizer_step()
+        engine.step()  # clipping (from the DeepSpeed config), optimizer step, zero_grad
+        scheduler.step()  # accelerate keeps our LambdaLR outside the engine
+        return True, adapted.after_optimizer_step(step)
     accelerator.backward(loss)
     if sync:
-        ctl.observe_gradients()
+        adapted.before_optimizer_step()
         if max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
+    event = adapted.after_optimizer_step(step) if sync else None
     optimizer.zero_grad(set_to_none=True)
-    return sync
+    return sync, event
 
 
-def check_same_ranks(accelerator: Accelerator, ctl: Controller) -> None:
+def check_same_ranks(accelerator: Accelerator, adapted: Adapted, step: int) -> None:
     """All processes must have taken the same growth decision; stop loudly if they have not."""
-    patterns = gather(accelerator, ctl.ranks)
+    patterns = gather(accelerator, adapted.ranks())
     if any(p != patterns[0] for p in patterns[1:]):
         differing = [i for i, p in enumerate(patterns) if p != patterns[0]]
         raise RunnerError(f"processes {differing} took other growth decisions than process 0 at step "
-                          f"{ctl.step_count}; scores must come from identical factors on every process")
+                          f"{step}; scores must come from identical factors on every process")
 
 
 def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -201,49 +203,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _step_metrics(loss: torch.Tensor, scheduler: Any, ctl: Controller) -> dict[str, float]:
-    return {"loss": float(loss.detach()), "lr": float(scheduler.get_last_lr()[0]),
-            "total_rank": float(ctl.allocator.total_rank()), "budget_left": float(ctl.allocator.remaining_budget())}
-
-
-def _print_schedule(accelerator: Accelerator, cfg: RunConfig, total: int, ctl: Controller, schedule: Schedule) -> None:
+def _print_plan(accelerator: Accelerator, cfg: RunConfig, total: int, plan: MethodPlan) -> None:
     if not accelerator.is_main_process:
         return
-    print(f"[{cfg.label}] T={total} optimizer steps; {len(ctl.layers)} matrices; budget {ctl.allocator.initial_budget};"
-          f" {schedule.summary()}", flush=True)
-    warning = schedule.warning()
-    if warning:
-        print(f"[{cfg.label}] {warning}", flush=True)
-
-
-def _finish(cfg: RunConfig, task: TaskSpec, ctl: Controller, history: list[dict[str, float]], out: Path,
-            total_steps: int, accelerator: Accelerator, artifacts: dict[str, Any]) -> RunResult:
-    main = task.main_metric
-    chosen = max(history, key=lambda h: h[main]) if cfg.train.report == "best" else history[-1]
-    protocol = {"report": cfg.train.report, "split": "validation", "epoch": int(chosen["epoch"]),
-                "main_metric": main, "seed": cfg.train.seed}
-    out.mkdir(parents=True, exist_ok=True)
-    save_adapter(ctl, out / "adapter", accelerator)
-    metrics = {k: v for k, v in chosen.items() if k != "epoch"}
-    result = RunResult(metrics=metrics, protocol=protocol, history=history, ranks=ctl.ranks,
-                       events=[e.to_dict() for e in ctl.events], output_dir=out, total_steps=total_steps)
-    if not accelerator.is_main_process:
-        return result
-    for name, data in artifacts.items():  # of the final model's evaluation, i.e. of the saved adapter
-        (out / name).write_text(json.dumps(data))
-    rank_heatmap(ctl.ranks, out / "rank_heatmap.png", title=f"{cfg.label} on {cfg.data.task}: final ranks")
-    (out / "growth_events.json").write_text(json.dumps(result.events, indent=2))
-    _write_trajectory(out / "rank_trajectory.csv", ctl, result.events)
-    return result
-
-
-def _write_trajectory(path: Path, ctl: Controller, events: list[dict[str, Any]]) -> None:
-    names = list(ctl.layers)
-    ranks = {name: ctl.config.init_rank for name in names}
-    lines = ["step,total_rank," + ",".join(names), "0," + str(sum(ranks.values())) + "," +
-             ",".join(str(ranks[n]) for n in names)]
-    for event in events:
-        for name, amount in event["grown"].items():
-            ranks[name] += amount
-        lines.append(f"{event['step']},{sum(ranks.values())}," + ",".join(str(ranks[n]) for n in names))
-    path.write_text("\n".join(lines) + "\n")
+    print(f"[{cfg.label}] T={total} optimizer steps; {plan.num_matrices} matrices; {plan.summary}", flush=True)
+    if plan.warning:
+        print(f"[{cfg.label}] {plan.warning}", flush=True)
