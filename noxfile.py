@@ -17,7 +17,8 @@ RUNTIME = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datas
 def install(session: nox.Session, *extra: str) -> None:
     # --no-compile: byte-compiling all of torch at install time costs ~30 s; imports compile what they use
     session.install("--no-compile", *RUNTIME, *extra)
-    session.install("--no-compile", "-e", "packages/triadapt[test]", "-e", "packages/triadapt-runner[test]")
+    session.install("--no-compile", "-e", "packages/triadapt[test]", "-e", "packages/triadapt-runner[test]",
+                    "-e", "plugins/triadapt-sensitivity")  # the IncreLoRA-style row's scorer
 
 
 @nox.session
@@ -58,7 +59,7 @@ def gpu(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against peft on MiniLM (CPU); writes benchmarks/perf/results/."""
-    install(session, "-e", "plugins/triadapt-sensitivity")
+    install(session)
     env = {**OFFLINE, **os.environ}
     for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "report"):
         session.run("python", f"benchmarks/perf/{script}.py", env=env)

@@ -15,12 +15,18 @@ SMALL_BATCHES = {**TINY["train"], "batch_size": 8}  # T = 6: AdaLoRA needs steps
 
 @pytest.fixture(scope="module")
 def peers_grid(tmp_path_factory):
+    from triadapt.plugins.registry import Registry, use_registry
+
     folder = tmp_path_factory.mktemp("peers")
     uri = f"sqlite:///{folder / 'm.db'}"
+    old = use_registry(Registry(entry_points=True))  # the IncreLoRA-style row needs the sensitivity plugin
     grid = write_yaml(folder / "g.yaml", {"name": "peers", "experiment": "peers",
                                           "base": {"task": "rotten_tomatoes", **TINY, "train": SMALL_BATCHES},
                                           "axes": [{"zip": {"approach": APPROACHES}}], "seeds": [0]})
-    assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0
+    try:
+        assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0
+    finally:
+        use_registry(old)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("peers").experiment_id
     runs = {r.data.tags["triadapt.approach"]: r for r in client.search_runs([experiment],
