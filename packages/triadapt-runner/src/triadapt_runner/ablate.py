@@ -48,7 +48,8 @@ class GridOutcome:
 
 
 def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: str | None, progress: bool = True,
-             output_root: str | Path | None = None, checkpoint_root: str | Path | None = None) -> CellOutcome:
+             output_root: str | Path | None = None, checkpoint_root: str | Path | None = None,
+             extra_tags: dict[str, str] | None = None) -> CellOutcome:
     """Train one cell as a child run; the run ends FINISHED or FAILED, never left open.
 
     Every process of a multi-process launch calls this; only the main process has a ``tracker``
@@ -66,6 +67,7 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
             f"{T}approach": cfg.approach}
     tags.update({f"{T}{key}": value for key, value in method_for(cfg).strategy_tags(cfg).items()})
     tags.update({f"{T}axis.{k}": str(v) for k, v in cell.axes.items()})
+    tags.update(extra_tags or {})
     if grid:
         tags[f"{T}grid"] = grid
     run_id = tracker.start_run(f"{cfg.label}/{cfg.data.task}/seed{cell.seed}", tags, parent_id)
@@ -127,28 +129,74 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
 
 def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
              progress: bool = True, checkpoint_root: str | Path | None = None) -> GridOutcome:
-    """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker."""
+    """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker.
+
+    With ``select``, the selection cells run first, the value of every row is chosen from
+    their results, and then the remaining seeds run at the chosen values (`triadapt_runner.selection`).
+    """
     main = tracker is not None
-    cells = spec.cells()
-    preflight(cells, spec.source)  # every cell checked before the parent run exists
+    preflight(spec.cells(), spec.source)  # every cell checked before the parent run exists
     parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
-    outcomes = []
+    run = dict(tracker=tracker, parent_id=parent_id, done=done, spec=spec, fail_fast=fail_fast, progress=progress,
+               checkpoint_root=checkpoint_root)
+    outcomes = _run_cells(spec.selection_cells(), **run)
+    stopped = fail_fast and any(o.status == "failed" for o in outcomes)
+    if spec.select and not stopped:
+        chosen = main_only(lambda: _apply_selection(spec, tracker, parent_id))
+        outcomes += _run_cells(spec.final_cells(chosen), **run, extra_tags={f"{T}selection": "chosen"})
+    if main:
+        log_rank_figure(tracker, parent_id)
+        tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
+    return GridOutcome(parent_id, outcomes)
+
+
+def _run_cells(cells: list[Cell], *, tracker: Tracker | None, parent_id: str, done: dict[str, str], spec: GridSpec,
+               fail_fast: bool, progress: bool, checkpoint_root: Any,
+               extra_tags: dict[str, str] | None = None) -> list[CellOutcome]:
+    main, outcomes = tracker is not None, []
     bar = tqdm(cells, desc=f"grid {spec.name}", disable=not (progress and main), unit="cell")
     for cell in bar:
         if cell.id in done:
             outcomes.append(CellOutcome(cell, "skipped", done[cell.id]))
             _say(main, f"{'skipped':<9}{cell.id} {cell.method} {cell.task} seed {cell.seed} (finished earlier)")
             continue
-        outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root)
+        outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root,
+                           extra_tags=extra_tags)
         outcomes.append(outcome)
         detail = outcome.error if outcome.status == "failed" else _metrics_text(outcome.metrics)
         _say(main, f"{outcome.status:<9}{cell.id} {cell.method} {cell.task} seed {cell.seed}: {detail}")
         if outcome.status == "failed" and fail_fast:
             break
-    if main:
-        log_rank_figure(tracker, parent_id)
-        tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
-    return GridOutcome(parent_id, outcomes)
+    return outcomes
+
+
+def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str) -> dict[str, Any]:
+    """Choose each row's value from its finished selection runs; tag them; log ``selection.json`` on the parent."""
+    from triadapt_runner.data.tasks import TASKS
+    from triadapt_runner.selection import choose
+
+    select = spec.select
+    finished = {r.data.tags.get(f"{T}cell_id"): r for r in tracker.children(parent_id) if r.info.status == FINISHED}
+    scores: dict[str, dict[Any, list[float]]] = {}
+    for cell in spec.selection_cells():
+        run = finished.get(cell.id)
+        main = TASKS[cell.task].main_metric if cell.task in TASKS else "accuracy"
+        key = f"result_{main if select.metric == 'main' else select.metric}"
+        if run is not None and key in run.data.metrics:
+            scores.setdefault(cell.row, {}).setdefault(cell.axes[select.axis], []).append(run.data.metrics[key])
+    chosen = choose(select, scores)
+    for cell in spec.selection_cells():
+        if cell.id in finished and cell.row in chosen:
+            verdict = "chosen" if cell.axes[select.axis] == chosen[cell.row] else "rejected"
+            tracker.set_tag(finished[cell.id].info.run_id, f"{T}selection", verdict)
+    report = {"select": select.to_dict(), "rows": {
+        row: {"scores": {repr(v): sum(s) / len(s) for v, s in by_value.items()}, "chosen": chosen.get(row)}
+        for row, by_value in scores.items()}}
+    tracker.log_json(parent_id, "selection.json", report)
+    for row, by_value in scores.items():
+        listed = ", ".join(f"{v!r}: {sum(s) / len(s):.4f}" for v, s in by_value.items())
+        print(f"selected {select.axis}={chosen.get(row)!r} for {row} ({listed})", flush=True)
+    return chosen
 
 
 GROWING = ("triadapt", "increlora-style", "peft-adalora")

@@ -159,7 +159,8 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
             raise RunnerError(f"parent={parent_id!r} is invalid: no child runs under it")
     else:
         runs = tracker.runs(f"tags.`{T}role` = 'cell'")
-    return [r for r in runs if r.info.status == FINISHED]
+    # runs at a value a grid's selection did not choose are not part of the comparison
+    return [r for r in runs if r.info.status == FINISHED and r.data.tags.get(f"{T}selection") != "rejected"]
 
 
 def build_table(runs: list[Any], metric: str = "main", baseline: str | None = None) -> Table:

@@ -27,9 +27,10 @@ from typing import Any
 
 from triadapt_runner.config import RunConfig, apply_overrides, valid_keys
 from triadapt_runner.errors import RunnerError
+from triadapt_runner.selection import Selection, parse_selection
 from triadapt_runner.yamlfile import read_yaml
 
-TOP_LEVEL = ("name", "experiment", "base", "axes", "seeds", "description")
+TOP_LEVEL = ("name", "experiment", "base", "axes", "seeds", "select", "description")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Cell:
     config: RunConfig
     axes: dict[str, Any]  # the axis values of this cell (seed included)
     seed: int
+    row: str = ""  # the axis values without the seed and the selection axis (a row of the table)
 
     @property
     def method(self) -> str:
@@ -56,19 +58,40 @@ class GridSpec:
     seeds: list[int]
     experiment: str = "triadapt"
     source: str = "<inline>"
+    select: Selection | None = None
 
     @property
     def spec_hash(self) -> str:
         data = {"base": self.base, "axes": self.axes, "seeds": self.seeds}
+        if self.select:
+            data["select"] = self.select.to_dict()
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+    def selection_cells(self) -> list[Cell]:
+        """With ``select``: the cells that choose (every value, the selection seeds); else every cell."""
+        cells = self.cells()
+        return [c for c in cells if c.seed in self.select.seeds] if self.select else cells
+
+    def final_cells(self, chosen: dict[str, Any]) -> list[Cell]:
+        """With ``select``: the other seeds of every row at its chosen value (rows without a choice: none)."""
+        if not self.select:
+            return []
+        axis = self.select.axis
+        return [c for c in self.cells() if c.seed not in self.select.seeds and c.row in chosen
+                and c.axes[axis] == chosen[c.row]]
+
     def cells(self) -> list[Cell]:
+        """Every cell the grid may run (with ``select``: every value of the selection axis for every seed)."""
         groups = [_group_rows(kind, keys) for kind, keys in self.axes]
+        if self.select:
+            groups.append([{self.select.axis: value} for value in self.select.values])
         out, seen = [], set()
         for combo in itertools.product(*groups) if groups else [()]:
             values: dict[str, Any] = {}
             for part in combo:
                 values.update(part)
+            row = json.dumps({k: v for k, v in values.items() if not self.select or k != self.select.axis},
+                             sort_keys=True, default=str)
             for seed in self.seeds:
                 overrides = {**values, "train.seed": seed}
                 config = _resolve(self.source, self.base, overrides)
@@ -77,7 +100,7 @@ class GridSpec:
                     raise RunnerError(f"{self.source}: two cells resolve to the same config {values} seed {seed}; "
                                       f"remove the duplicate axis values")
                 seen.add(cell_id)
-                out.append(Cell(cell_id, config, {**values, "seed": seed}, seed))
+                out.append(Cell(cell_id, config, {**values, "seed": seed}, seed, row))
         return out
 
 
@@ -99,8 +122,11 @@ def parse_grid(data: Any, source: str = "<inline>") -> GridSpec:
         raise RunnerError(f"{source}: base={base!r} is invalid: must be a mapping (a run config)")
     seeds = _seeds(source, data.get("seeds", [0]))
     axes = _axes(source, data.get("axes") or [])
+    select = None
+    if "select" in data:
+        select = parse_selection(source, data["select"], seeds, {k for _, keys in axes for k in keys}, set(valid_keys()))
     spec = GridSpec(name=name, base=base, axes=axes, seeds=seeds, experiment=str(data.get("experiment", "triadapt")),
-                    source=source)
+                    source=source, select=select)
     spec.cells()  # resolve every cell now: a bad value fails before anything trains
     return spec
 

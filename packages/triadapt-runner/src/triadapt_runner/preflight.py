@@ -143,6 +143,12 @@ def dry_run_lines(spec: Any) -> tuple[list[str], int]:
     invalid = sum(1 for c in checks if not c.ok)
     lines = [f"grid {spec.name!r}: {len(checks)} cells (spec {spec.spec_hash}, experiment {spec.experiment})"
              + (f"; {invalid} invalid" if invalid else "")]
+    if spec.select:
+        s = spec.select
+        rest = [seed for seed in spec.seeds if seed not in s.seeds]
+        lines.append(f"selection: {s.axis} over {list(s.values)} on seeds {list(s.seeds)} by validation {s.metric}; "
+                     f"then seeds {rest} at each row's chosen value ({len(spec.selection_cells())} selection cells, "
+                     f"{len(checks) - len(spec.selection_cells())} listed cells of which only the chosen value's run)")
     for check in checks:
         axes = ", ".join(f"{k}={v}" for k, v in check.cell.axes.items())
         lines.append(f"  {check.cell.id}  {axes}")

@@ -66,13 +66,13 @@ class IncreLoRAStyle(TriAdapt):
         from triadapt.schedule import event_steps
 
         for key, value in self.PRESET.items():
-            if key in cfg.adapter and cfg.adapter[key] != value:
+            if cfg.adapter.get(key) not in (None, value):
                 raise RunnerError(f"adapter.{key}={cfg.adapter[key]!r} is invalid with approach 'increlora-style', "
                                   f"which sets it to {value!r}; use approach 'triadapt' to choose it")
         fields = {**cfg.adapter, **self.PRESET}
-        fields.setdefault("fixed_k", 1)
+        fields["fixed_k"] = fields.get("fixed_k") or 1
         config = cfg.adapter_config(total_steps, fields)
-        if "fixed_k" in cfg.adapter:
+        if cfg.adapter.get("fixed_k") is not None:
             return config
         try:
             matrices = plan_injection(model, config).num_matrices
