@@ -32,7 +32,7 @@ def test_cell_ids_are_deterministic_and_follow_the_config():
 
 
 @pytest.mark.parametrize("path", sorted(ABLATIONS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_grids_parse(path):
+def test_shipped_grids_parse(path, triadapt_registry):  # with the installed plugins (the IncreLoRA-style row's scorer)
     spec = load_grid(path)
     assert spec.cells() and len(spec.seeds) == 3
 

@@ -150,7 +150,7 @@ class RunConfig:
                           f"approach {self.approach!r} takes " + (", ".join(sorted(allowed)) or "no options"))
         if not isinstance(self.adapter, dict):
             raise invalid("adapter", self.adapter, "must be a mapping of TriAdaptConfig fields")
-        self.adapter_config(total_steps=None)  # validates the adapter section now
+        APPROACHES[self.approach].validate(self)  # the adapter section, as this approach reads it
 
     @property
     def label(self) -> str:

@@ -97,6 +97,10 @@ class Method(ABC):
     options: dict[str, Any] = {}  # approach_options this method accepts, with their defaults
     distributed: bool = False  # supports multi-process and DeepSpeed runs
 
+    def validate(self, cfg: Any) -> None:
+        """Check the run config's sections this method reads (at construction: before T and the model are known)."""
+        cfg.adapter_config(None)
+
     @abstractmethod
     def plan(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> MethodPlan:
         """Check the method on ``model`` (its structure may be on the meta device); never change it."""

@@ -61,17 +61,24 @@ class IncreLoRAStyle(TriAdapt):
     name = "increlora-style"
     PRESET = {"structure": "lora", "scorer": "sensitivity", "threshold": "fixed", "core_init": "gaussian"}
 
-    def config(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Any:
-        from triadapt.planning import plan_injection
-        from triadapt.schedule import event_steps
-
+    def fields(self, cfg: Any) -> dict[str, Any]:
+        """The adapter section with the preset applied (a value set by hand must agree with it)."""
         for key, value in self.PRESET.items():
             if cfg.adapter.get(key) not in (None, value):
                 raise RunnerError(f"adapter.{key}={cfg.adapter[key]!r} is invalid with approach 'increlora-style', "
                                   f"which sets it to {value!r}; use approach 'triadapt' to choose it")
-        fields = {**cfg.adapter, **self.PRESET}
-        fields["fixed_k"] = fields.get("fixed_k") or 1
-        config = cfg.adapter_config(total_steps, fields)
+        fields = {**{k: v for k, v in cfg.adapter.items() if v is not None}, **self.PRESET}
+        fields.setdefault("fixed_k", 1)  # until the plan knows M and the events
+        return fields
+
+    def validate(self, cfg: Any) -> None:
+        cfg.adapter_config(None, self.fields(cfg))
+
+    def config(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Any:
+        from triadapt.planning import plan_injection
+        from triadapt.schedule import event_steps
+
+        config = cfg.adapter_config(total_steps, self.fields(cfg))
         if cfg.adapter.get("fixed_k") is not None:
             return config
         try:
