@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Quality on the offline datasets: the grids that mirror the paper's Tables I-III, 3 seeds each,
-# then the comparison tables (Markdown and CSV) next to this script. Resumable: rerun to continue.
-#   bash benchmarks/quality/run.sh            (63 cells; about 3 hours on 2 idle CPU cores)
+# Quality on the offline datasets: the paper's Tables I-III with the peers (offline-tables.yaml: 3 seeds,
+# one learning-rate protocol for every row) and its Figures 3-4 (offline-sensitivity.yaml), then the
+# comparison tables (Markdown and CSV, with CI and p-value against a baseline row) next to this script.
+# Resumable: rerun to continue where it stopped.
+#   bash benchmarks/quality/run.sh            (about 8 hours on 2 idle CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 uri="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/benchmarks/quality/mlflow.db}"
-for table in table1-methods table1-drug-reviews table2-orthogonal table3-normalisation; do
-  triadapt ablate "benchmarks/ablations/offline-$table.yaml" --tracking-uri "$uri" --no-progress
-done
-for grid in offline-table1 offline-table1-drug offline-table2 offline-table3; do
-  triadapt compare --grid "$grid" --experiment triadapt-offline --tracking-uri "$uri" \
-    --markdown "benchmarks/quality/$grid.md" --csv "benchmarks/quality/$grid.csv"
-done
-triadapt compare --grid offline-table1-drug --experiment triadapt-offline --tracking-uri "$uri" --metric macro_f1 \
-  --csv benchmarks/quality/offline-table1-drug-macro-f1.csv
+out=benchmarks/quality
+
+triadapt ablate benchmarks/ablations/offline-tables.yaml --tracking-uri "$uri" --no-progress
+triadapt compare --grid offline-tables --tracking-uri "$uri" --baseline "peft LoRA" \
+  --markdown "$out/offline-tables.md" --csv "$out/offline-tables.csv"
+
+triadapt ablate benchmarks/ablations/offline-sensitivity.yaml --tracking-uri "$uri" --no-progress
+triadapt compare --grid offline-sensitivity --tracking-uri "$uri" --baseline "TriAdaptLoRA linear t0=ΔT=4" \
+  --markdown "$out/offline-sensitivity.md" --csv "$out/offline-sensitivity.csv"
