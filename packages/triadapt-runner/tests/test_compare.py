@@ -73,3 +73,14 @@ def test_unknown_baseline_names_the_rows(tracker):
     add_run(tracker, None, "tri", "rotten_tomatoes", 0, 0.8)
     with pytest.raises(RunnerError, match="baseline='LoRA' is invalid: the rows are 'tri'"):
         build_table(collect_runs(tracker), baseline="LoRA")
+
+
+def test_run_metrics_are_compared_raw_and_rows_without_them_left_out(tracker):
+    for seed, use in enumerate([0.80, 0.84]):
+        run = tracker.start_run("t", {"triadapt.role": "cell", "triadapt.method": "tri", "triadapt.task": "rotten_tomatoes",
+                                      "triadapt.seed": str(seed), "triadapt.config_hash": "c1"})
+        tracker.log_metrics(run, {"result_accuracy": 0.7, "rank_use": use}, 1)
+        tracker.end_run(run)
+    add_run(tracker, None, "full", "rotten_tomatoes", 0, 0.8)  # no ranks: no rank_use
+    table = build_table(collect_runs(tracker), metric="rank_use")
+    assert table.methods == ["tri"] and "0.82 ± 0.03 (n=2)" in table.terminal()

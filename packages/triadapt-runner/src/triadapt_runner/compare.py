@@ -21,6 +21,9 @@ from triadapt_runner.significance import Difference, difference
 from triadapt_runner.tracking import FINISHED, TAG_PREFIX, Tracker
 
 T = TAG_PREFIX
+# what a run measures about itself (not a task metric): tables of these show raw values, and rows without them
+# (full fine-tuning has no ranks) are left out
+RUN_METRICS = ("rank_use", "capacity_hits", "capacity_first_step", "trained_parameters", "median_step_s")
 
 
 @dataclass
@@ -63,6 +66,11 @@ class Table:
     metric: str
     baseline: str | None = None
 
+    @property
+    def scale(self) -> float:
+        """Task metrics in per cent, run metrics as they are."""
+        return 1.0 if self.metric in RUN_METRICS else 100.0
+
     def difference(self, method: str, task: str) -> Difference | None:
         """``method`` against the baseline row on ``task`` (None for the baseline itself or a missing cell)."""
         if self.baseline is None or method == self.baseline:
@@ -77,14 +85,14 @@ class Table:
     def rows(self) -> list[list[str]]:
         out = []
         for method in self.methods:
-            row = [method] + [self.cells[(method, t)].text() if (method, t) in self.cells else "—"
+            row = [method] + [self.cells[(method, t)].text(self.scale) if (method, t) in self.cells else "—"
                               for t in self.tasks]
             avg = self.average(method)
-            row.append(f"{avg * 100:.2f}" if avg is not None else "—")
+            row.append(f"{avg * self.scale:.2f}" if avg is not None else "—")
             if self.baseline is not None:
                 for task in self.tasks:
                     diff = self.difference(method, task)
-                    row.append("baseline" if method == self.baseline else diff.text() if diff else "—")
+                    row.append("baseline" if method == self.baseline else diff.text(self.scale) if diff else "—")
             out.append(row)
         return out
 
@@ -127,7 +135,7 @@ def _num(value: float | None) -> str:
 
 
 def _metric_name(task: str, metric: str) -> str:
-    if metric != "main":
+    if metric != "main" or metric in RUN_METRICS:
         return metric
     return TASKS[task].main_metric if task in TASKS else "accuracy"
 
@@ -168,7 +176,9 @@ def build_table(runs: list[Any], metric: str = "main", baseline: str | None = No
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
         method, task = tags[f"{T}method"], tags[f"{T}task"]
-        key = f"result_{_metric_name(task, metric)}"
+        key = metric if metric in RUN_METRICS else f"result_{_metric_name(task, metric)}"
+        if key not in run.data.metrics and metric in RUN_METRICS:
+            continue
         if key not in run.data.metrics:
             raise RunnerError(f"metric={metric!r} is invalid for run {run.info.run_id} ({method}, {task}): it has "
                               f"{', '.join(sorted(k[7:] for k in run.data.metrics if k.startswith('result_')))}")
