@@ -62,3 +62,56 @@ def test_gpt2_conv1d_peft_export_matches(tmp_path):
         ctl.export_peft(tmp_path)
         peft_model = PeftModel.from_pretrained(fresh, tmp_path).eval()
         torch.testing.assert_close(peft_model(input_ids=ids).logits, reference, rtol=0, atol=1e-5)
+
+
+def _decoder(config_name, model_name, **extra):
+    import transformers
+
+    def build():
+        kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, vocab_size=128, **extra)
+        config = getattr(transformers, config_name)(**kwargs)
+        for key, value in (("num_experts", 4), ("num_local_experts", 4), ("moe_intermediate_size", 16),
+                           ("shared_expert_intermediate_size", 16), ("num_experts_per_tok", 2)):
+            if hasattr(config, key):
+                setattr(config, key, value)
+        return getattr(transformers, model_name)(config)
+    return build
+
+
+# (family, builder, adapted matrices per layer)
+DECODERS = [
+    ("llama", _decoder("LlamaConfig", "LlamaForCausalLM"), 7),
+    ("qwen2", _decoder("Qwen2Config", "Qwen2ForCausalLM"), 7),
+    ("qwen3", _decoder("Qwen3Config", "Qwen3ForCausalLM"), 7),
+    ("mistral", _decoder("MistralConfig", "MistralForCausalLM"), 7),
+    ("gemma", _decoder("GemmaConfig", "GemmaForCausalLM"), 7),
+    ("gemma2", _decoder("Gemma2Config", "Gemma2ForCausalLM"), 7),
+    ("gemma3", _decoder("Gemma3TextConfig", "Gemma3ForCausalLM"), 7),
+    ("phi3", _decoder("Phi3Config", "Phi3ForCausalLM", pad_token_id=0, eos_token_id=1, bos_token_id=1), 4),
+    ("gpt-neox", lambda: __import__("transformers").GPTNeoXForCausalLM(__import__("transformers").GPTNeoXConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)), 4),
+    ("qwen2-moe", _decoder("Qwen2MoeConfig", "Qwen2MoeForCausalLM"), 7),  # attention + shared expert
+    ("qwen3-moe", _decoder("Qwen3MoeConfig", "Qwen3MoeForCausalLM"), 4),  # experts are fused 3-D tensors
+    ("mixtral", _decoder("MixtralConfig", "MixtralForCausalLM"), 4),
+]
+
+
+@pytest.mark.parametrize("build,per_layer", [d[1:] for d in DECODERS], ids=[d[0] for d in DECODERS])
+def test_decoder_families_have_default_targets_that_train_and_grow(build, per_layer):
+    torch.manual_seed(0)
+    model = build()
+    ctl = inject(model, TriAdaptConfig(warmup_steps=1, growth_interval=2, total_steps=12, ref_rank=2, seed=0,
+                                       lora_alpha=8))
+    assert len(ctl.layers) == 2 * per_layer and ctl.heads == []
+    ids = torch.randint(2, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=5e-2)
+    ctl.attach(optimizer)
+    losses = []
+    for _ in range(12):
+        loss = model(input_ids=ids, labels=ids).loss
+        (loss + ctl.orthogonal_loss()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and ctl.events

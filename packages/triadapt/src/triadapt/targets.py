@@ -20,6 +20,9 @@ from triadapt.layer import is_adaptable
 _BERT_LIKE = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 _DEBERTA = ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"]
 _LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Mixture-of-experts decoders: in transformers 5 the routed experts are fused 3-D parameters (gate_up_proj,
+# down_proj of shape (experts, ·, ·)), not nn.Linear layers, so the attention projections are what can be adapted.
+_ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "bert": _BERT_LIKE,
@@ -31,7 +34,16 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
     "gemma": _LLAMA,
+    "gemma2": _LLAMA,
+    "gemma3_text": _LLAMA,
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "qwen2_moe": _LLAMA,  # attention and the shared expert (its routed experts are fused, see above)
+    "qwen3_moe": _ATTENTION,
+    "mixtral": _ATTENTION,
+    "olmoe": _ATTENTION,
 }
 
 # Task heads trained in full and saved with the adapter when trainable_modules is None.
