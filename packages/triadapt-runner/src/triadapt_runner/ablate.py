@@ -123,6 +123,8 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
     for name in ("growth_events.json", "rank_trajectory.csv", "rank_heatmap.png", "eval_logits.json"):
         if (out / name).is_file():
             tracker.log_artifact(run_id, out / name)
+    for path in sorted(out.glob("*-epoch*.json")):  # what a task kind keeps per evaluation (causal LM: generations)
+        tracker.log_artifact(run_id, path, artifact_path="evaluations")
     if (out / "adapter").is_dir():  # adapter only, never base weights (full fine-tuning saves nothing)
         tracker.log_artifact(run_id, out / "adapter", artifact_path="adapter")
 
@@ -183,13 +185,15 @@ def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str) -> dict[s
         main = TASKS[cell.task].main_metric if cell.task in TASKS else "accuracy"
         key = f"result_{main if select.metric == 'main' else select.metric}"
         if run is not None and key in run.data.metrics:
-            scores.setdefault(cell.row, {}).setdefault(cell.axes[select.axis], []).append(run.data.metrics[key])
-    chosen = choose(select, scores)
+            lower = cell.task in TASKS and TASKS[cell.task].lower_is_better and select.metric == "main"
+            value = run.data.metrics[key]
+            scores.setdefault(cell.row, {}).setdefault(cell.axes[select.axis], []).append(-value if lower else value)
+    chosen = choose(select, scores)  # larger is better (a metric to minimise, such as perplexity, is negated)
     for cell in spec.selection_cells():
         if cell.id in finished and cell.row in chosen:
             verdict = "chosen" if cell.axes[select.axis] == chosen[cell.row] else "rejected"
             tracker.set_tag(finished[cell.id].info.run_id, f"{T}selection", verdict)
-    report = {"select": select.to_dict(), "rows": {
+    report = {"select": select.to_dict(), "note": "scores of metrics to minimise (perplexity) are negated", "rows": {
         row: {"scores": {repr(v): sum(s) / len(s) for v, s in by_value.items()}, "chosen": chosen.get(row)}
         for row, by_value in scores.items()}}
     tracker.log_json(parent_id, "selection.json", report)

@@ -66,10 +66,12 @@ class Table:
     metric: str
     baseline: str | None = None
 
-    @property
-    def scale(self) -> float:
-        """Task metrics in per cent, run metrics as they are."""
-        return 1.0 if self.metric in RUN_METRICS else 100.0
+    def scale(self, task: str) -> float:
+        """Fractions (accuracy, F1, correlations) in per cent; QA scores (already per cent), losses, perplexities
+        and run metrics as they are."""
+        spec = TASKS.get(task)
+        raw = self.metric in RUN_METRICS or (spec is not None and (spec.is_qa or spec.is_causal_lm))
+        return 1.0 if raw else 100.0
 
     def difference(self, method: str, task: str) -> Difference | None:
         """``method`` against the baseline row on ``task`` (None for the baseline itself or a missing cell)."""
@@ -79,20 +81,21 @@ class Table:
         return difference(row.by_seed, base.by_seed) if row and base else None
 
     def average(self, method: str) -> float | None:
-        means = [self.cells[(method, t)].mean for t in self.tasks if (method, t) in self.cells]
+        """Mean over the tasks of the values as shown (per cent where a task shows per cent)."""
+        means = [self.cells[(method, t)].mean * self.scale(t) for t in self.tasks if (method, t) in self.cells]
         return statistics.fmean(means) if len(means) == len(self.tasks) else None
 
     def rows(self) -> list[list[str]]:
         out = []
         for method in self.methods:
-            row = [method] + [self.cells[(method, t)].text(self.scale) if (method, t) in self.cells else "—"
+            row = [method] + [self.cells[(method, t)].text(self.scale(t)) if (method, t) in self.cells else "—"
                               for t in self.tasks]
             avg = self.average(method)
-            row.append(f"{avg * self.scale:.2f}" if avg is not None else "—")
+            row.append(f"{avg:.2f}" if avg is not None else "—")
             if self.baseline is not None:
                 for task in self.tasks:
                     diff = self.difference(method, task)
-                    row.append("baseline" if method == self.baseline else diff.text(self.scale) if diff else "—")
+                    row.append("baseline" if method == self.baseline else diff.text(self.scale(task)) if diff else "—")
             out.append(row)
         return out
 

@@ -21,7 +21,7 @@ from triadapt_runner.data.tasks import TASKS
 from triadapt_runner.errors import RunnerError, invalid
 from triadapt_runner.models import DEFAULT_MODEL
 
-KINDS = ("single", "pair", "regression")
+KINDS = ("single", "pair", "regression", "sft", "lm")  # sft: prompt/response records; lm: plain text
 
 
 @dataclass
@@ -34,6 +34,9 @@ class DataConfig:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    prompt_column: str = "prompt"  # kind sft
+    response_column: str = "response"  # kind sft
+    packing: bool = False  # kind lm: concatenate the texts and cut them into blocks of max_length tokens
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     validation_fraction: float = 0.1
@@ -56,6 +59,10 @@ class DataConfig:
             raise invalid("data.doc_stride", self.doc_stride, f"must be an integer in (0, max_length={self.max_length})")
         if self.kind not in KINDS:
             raise invalid("data.kind", self.kind, f"use one of {', '.join(KINDS)}")
+        if not isinstance(self.packing, bool):
+            raise invalid("data.packing", self.packing, "must be true or false")
+        if self.packing and self.kind != "lm" and not (TASKS.get(self.task) and TASKS[self.task].kind == "lm"):
+            raise invalid("data.packing", self.packing, "packing is for plain-text language modelling (data.kind lm)")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):

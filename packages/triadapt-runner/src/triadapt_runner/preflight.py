@@ -77,6 +77,7 @@ class Preflight:
         items = kind.count_train_items(cfg, task, rows, lambda: self._tokenizer(cfg.model))
         total = optimizer_steps(items, cfg.train, self.world)
         model = self._model(cfg.model, kind, task)
+        kind.check(cfg, task, model)
         return CellCheck(cell, total, method.plan(model, cfg, total))
 
     def _data(self, data: Any) -> Any:

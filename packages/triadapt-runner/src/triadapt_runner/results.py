@@ -33,7 +33,8 @@ def finish(cfg: Any, task: Any, adapted: Adapted, history: list[dict[str, float]
            accelerator: Any, artifacts: dict[str, Any], step_times: list[float]) -> RunResult:
     """The result by the protocol (best or last epoch); every process saves (collectively), the main one writes."""
     main = task.main_metric
-    chosen = max(history, key=lambda h: h[main]) if cfg.train.report == "best" else history[-1]
+    sign = -1.0 if task.lower_is_better else 1.0
+    chosen = max(history, key=lambda h: sign * h[main]) if cfg.train.report == "best" else history[-1]
     protocol = {"report": cfg.train.report, "split": "validation", "epoch": int(chosen["epoch"]),
                 "main_metric": main, "seed": cfg.train.seed}
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def finish(cfg: Any, task: Any, adapted: Adapted, history: list[dict[str, float]
                        total_steps=total_steps, run_metrics=run_metrics(adapted, record, step_times))
     if not accelerator.is_main_process:
         return result
-    for name, data in artifacts.items():  # of the final model's evaluation, i.e. of the saved adapter
+    for name, data in artifacts.items():  # of the final model's evaluation (and per epoch where a kind keeps them)
         (out / name).write_text(json.dumps(data))
     if record:
         rank_heatmap(record.ranks, out / "rank_heatmap.png", title=f"{cfg.label} on {cfg.data.task}: final ranks")

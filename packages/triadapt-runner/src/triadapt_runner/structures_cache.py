@@ -1,7 +1,8 @@
 """Model structures for the preflight: module names, adaptable layers and their shapes, no weights.
 
 `triadapt.plan_injection` reads only a model's module names, which modules are ``nn.Linear``
-or GPT-2 ``Conv1D`` with their shapes, and ``config.model_type``. Building the model on the
+or GPT-2 ``Conv1D`` with their shapes, and ``config.model_type`` (the task kinds' checks read
+``config.max_position_embeddings``). Building the model on the
 ``meta`` device gives that, but costs about 2 s of transformers imports per command. The
 structure is a function of the model folder's ``config.json``, the task kind's model class
 and overrides, and the transformers version, so it is cached under that key in
@@ -24,7 +25,8 @@ from torch import nn
 from triadapt.layer import is_conv1d
 from triadapt_runner.data.builtin import cache_dir
 
-FORMAT = 1
+FORMAT = 2
+CONFIG_KEYS = ("model_type", "max_position_embeddings")  # what the checks read of a model's config
 
 
 class Conv1D(nn.Module):
@@ -75,8 +77,8 @@ def describe(model: nn.Module) -> dict[str, Any]:
             modules.append([name, "conv1d", *module.weight.shape])
         else:
             modules.append([name, "module", 0, 0])
-    return {"format": FORMAT, "model_type": getattr(getattr(model, "config", None), "model_type", None),
-            "modules": modules}
+    config = getattr(model, "config", None)
+    return {"format": FORMAT, "config": {key: getattr(config, key, None) for key in CONFIG_KEYS}, "modules": modules}
 
 
 def skeleton(description: dict[str, Any]) -> nn.Module:
@@ -84,7 +86,7 @@ def skeleton(description: dict[str, Any]) -> nn.Module:
     if description.get("format") != FORMAT:
         raise ValueError("another cache format")
     root = nn.Module()
-    root.config = SimpleNamespace(model_type=description["model_type"])
+    root.config = SimpleNamespace(**description["config"])
     for name, kind, n_in, n_out in description["modules"]:
         parent_name, _, child = name.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root

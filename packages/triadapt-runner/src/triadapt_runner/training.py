@@ -97,7 +97,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
         if accelerator.is_main_process:
             print(f"[{cfg.label}] resumed from {resumed} (step {state.step} of {total_steps})", flush=True)
 
-    evaluation, step_times = None, []
+    evaluation, step_times, kept = None, [], {}
     bar = tqdm(total=total_steps, initial=state.step, desc=cfg.label,
                disable=not (progress and accelerator.is_main_process), leave=False)
     for epoch in range(state.epoch, cfg.train.epochs + 1):
@@ -132,6 +132,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
                 checkpoints.save(state.step)
             started = time.perf_counter()
         evaluation = kind.evaluate(model, loaders, cfg, task, accelerator)
+        kept.update({name.replace(".json", f"-epoch{epoch}.json"): data for name, data in evaluation.per_epoch.items()})
         state.history.append({"epoch": epoch, **evaluation.scores})
         if log:
             log({f"eval_{k}": v for k, v in evaluation.scores.items()}, state.step)
@@ -139,7 +140,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     bar.close()
     set_grad_accessor(None)
     result = finish(cfg, task, adapted, state.history, Path(output_dir), total_steps, accelerator,
-                    evaluation.artifacts if evaluation else {}, step_times)
+                    {**(evaluation.artifacts if evaluation else {}), **kept}, step_times)
     result.world_size = accelerator.num_processes
     return result
 

@@ -38,7 +38,7 @@ def load_rows(data: Any) -> tuple[TaskSpec, dict[str, list[dict]]]:
     """(task spec, rows of the 'train' and 'validation' splits) for a `DataConfig`; every check of the data."""
     if data.task == "custom":
         splits = _from_files(data)
-        task = custom_task(data.kind, _num_labels(data, splits))
+        task = custom_task(data.kind, 0 if data.kind in ("sft", "lm") else _num_labels(data, splits))
     else:
         task = TASKS[data.task]
         splits = _load_known(task, data)
@@ -54,7 +54,8 @@ def _load_known(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
     if task.is_qa:
         return _load_squad(task, data)
     if task.builtin:
-        return _from_builtin(task.builtin, data.validation_fraction)
+        splits = _from_builtin(task.builtin, data.validation_fraction)
+        return {name: as_instructions(rows) for name, rows in splits.items()} if task.kind == "sft" else splits
     if data.glue_dir:
         return read_glue_dir(task, Path(data.glue_dir))
     return _from_hub(task)
@@ -68,6 +69,15 @@ def _from_builtin(name: str, validation_fraction: float) -> dict[str, list[dict]
     rows = _shuffled(builtin.read_rotten_tomatoes(path))
     cut = int(round(len(rows) * validation_fraction))
     return {"train": rows[cut:], "validation": rows[:cut]}
+
+
+SENTIMENT = {0: "negative", 1: "positive"}
+
+
+def as_instructions(rows: list[dict]) -> list[dict]:
+    """Labelled reviews as prompt / response records: the review and the question, then the answer word."""
+    return [{"prompt": f"Is this movie review positive or negative?\n\n{row['text']}",
+             "response": SENTIMENT[row["label"]]} for row in rows]
 
 
 def _shuffled(rows: list[dict]) -> list[dict]:
@@ -198,18 +208,26 @@ def _check_json(path: Path) -> None:
 
 
 def _map_columns(data: Any, path: Path, table: Any) -> list[dict]:
-    wanted = {"text": data.text_column, "label": data.label_column}
-    if data.kind in ("pair", "regression") and data.text_pair_column:
-        wanted["text_pair"] = data.text_pair_column
+    if data.kind == "sft":
+        wanted = {"prompt": data.prompt_column, "response": data.response_column}
+    elif data.kind == "lm":
+        wanted = {"text": data.text_column}
+    else:
+        wanted = {"text": data.text_column, "label": data.label_column}
+        if data.kind in ("pair", "regression") and data.text_pair_column:
+            wanted["text_pair"] = data.text_pair_column
     for key, column in wanted.items():
         if column not in table.column_names:
-            field = {"text": "text_column", "label": "label_column", "text_pair": "text_pair_column"}[key]
-            raise RunnerError(f"data.{field}={column!r} is invalid: {path} has columns "
+            raise RunnerError(f"data.{key}_column={column!r} is invalid: {path} has columns "
                               f"{', '.join(table.column_names)}")
     rows = []
-    for row in table.select_columns(list(wanted.values())):
+    for number, row in enumerate(table.select_columns(list(wanted.values())), start=1):
         item = {key: row[column] for key, column in wanted.items()}
-        item["label"] = _file_label(data, path, item["label"])
+        if "label" in item:
+            item["label"] = _file_label(data, path, item["label"])
+        elif not all(isinstance(v, str) and v for v in item.values()):
+            bad = next(k for k, v in item.items() if not (isinstance(v, str) and v))
+            raise RunnerError(f"{path}: record {number}: column {wanted[bad]!r} is {item[bad]!r}, not a non-empty text")
         rows.append(item)
     return rows
 

@@ -1,7 +1,9 @@
 """The task registry: what each task's data looks like and how it is scored.
 
 Kinds: ``single`` (one text, classification), ``pair`` (two texts, classification),
-``regression`` (two texts, a score), ``qa`` (extractive question answering, SQuAD format). The 8 GLUE tasks of the paper are declared with their
+``regression`` (two texts, a score), ``qa`` (extractive question answering, SQuAD format),
+``sft`` (causal LM on prompt/response records, the loss on the response) and ``lm`` (causal
+LM on plain text). The 8 GLUE tasks of the paper are declared with their
 hub names, the official TSV layout of the GLUE download, and their metrics; two built-in
 offline datasets are declared too. ``custom`` reads any CSV/JSON/Parquet file.
 """
@@ -36,6 +38,11 @@ class TaskSpec:
     builtin: str | None = None
     description: str = ""
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
+    lower_is_better: bool = False  # the main metric (perplexity) is minimised
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether main-metric value ``a`` beats ``b``."""
+        return a < b if self.lower_is_better else a > b
 
     @property
     def is_regression(self) -> bool:
@@ -44,6 +51,10 @@ class TaskSpec:
     @property
     def is_qa(self) -> bool:
         return self.kind == "qa"
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.kind in ("sft", "lm")
 
 
 NLI3 = ("entailment", "neutral", "contradiction")
@@ -82,13 +93,20 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
              description="built-in: Rotten Tomatoes fresh/rotten (offline)"),
     TaskSpec("drug_reviews", "single", 3, ("accuracy", "macro_f1"), "accuracy", builtin="drug_reviews",
              description="built-in: drug reviews, 3 classes (offline)"),
+    TaskSpec("rotten_tomatoes_sft", "sft", 0, ("loss", "perplexity"), "perplexity", builtin="rotten_tomatoes",
+             lower_is_better=True,
+             description="built-in: Rotten Tomatoes as instructions (review -> positive / negative), causal LM"),
 ]}
+
+CAUSAL_LM_METRICS = ("loss", "perplexity")
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 
 
 def custom_task(kind: str, num_labels: int) -> TaskSpec:
     """A task over user files; metrics follow the kind."""
+    if kind in ("sft", "lm"):
+        return TaskSpec("custom", kind, 0, CAUSAL_LM_METRICS, "perplexity", lower_is_better=True)
     if kind == "regression":
         return TaskSpec("custom", "regression", 1, ("pearson", "spearman"), "pearson")
     metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy", "macro_f1")

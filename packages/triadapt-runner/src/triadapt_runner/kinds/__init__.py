@@ -11,11 +11,15 @@ from triadapt_runner.kinds.base import Evaluation, Loaders, TaskKind
 
 
 def kind_for(task: TaskSpec) -> TaskKind:
-    """The kind that trains ``task`` (its ``kind`` field: single, pair, regression, qa)."""
+    """The kind that trains ``task`` (its ``kind`` field: single, pair, regression, qa, sft, lm)."""
     if task.kind == "qa":
         from triadapt_runner.kinds.extractive_qa import ExtractiveQA
 
         return ExtractiveQA()
+    if task.is_causal_lm:
+        from triadapt_runner.kinds.causal_lm import CausalLM
+
+        return CausalLM()
     from triadapt_runner.kinds.classification import SequenceClassification
 
     return SequenceClassification()

@@ -19,7 +19,8 @@ class Loaders:
 @dataclass
 class Evaluation:
     scores: dict[str, float]  # the task's metrics on the validation split
-    artifacts: dict[str, Any] = field(default_factory=dict)  # JSON files of this evaluation, by file name
+    artifacts: dict[str, Any] = field(default_factory=dict)  # JSON files of the final evaluation, by file name
+    per_epoch: dict[str, Any] = field(default_factory=dict)  # JSON files kept for every evaluation (name-epochN.json)
 
 
 class TaskKind(ABC):
@@ -27,6 +28,9 @@ class TaskKind(ABC):
 
     name: str = ""
     auto_model: str = ""  # the transformers Auto class of this kind's model
+
+    def check(self, cfg: Any, task: TaskSpec, model: Any) -> None:
+        """Refuse a run config this kind cannot train on ``model`` (its structure; may be on the meta device)."""
 
     def model_kwargs(self, task: TaskSpec) -> dict[str, Any]:
         """Config overrides of this task's model (e.g. the number of labels)."""

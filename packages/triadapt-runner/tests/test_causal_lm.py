@@ -1,0 +1,128 @@
+"""Causal LM fine-tuning: SFT on prompt/response records (loss on the response only), plain text with packing,
+perplexity, generations per evaluation; on a tiny random Llama with the MiniLM tokenizer (EOS = [SEP])."""
+
+import json
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import assert_bad_input, run_main, write_yaml
+from triadapt_runner.kinds.causal_lm import IGNORE, PLAIN_TEMPLATE, _blocks, _lm_features, _sft_features
+from triadapt_runner.models import model_path
+
+TINY_LM = {"data": {"max_train_samples": 24, "max_eval_samples": 6, "max_length": 48},
+           "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 5e-3, "log_every": 1},
+           "adapter": {"ref_rank": 2}}
+
+
+def tiny_llama(folder, pad=True, context=128):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path("minilm"))
+    tokenizer.eos_token = "[SEP]"
+    if not pad:
+        tokenizer.pad_token = None
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.cls_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(llama):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(llama)
+
+
+def test_sft_labels_only_the_response_and_eos(tokenizer):
+    (feature,) = _sft_features([{"prompt": "Is it good?", "response": "positive"}], tokenizer, 64, False)
+    prompt = tokenizer(PLAIN_TEMPLATE.format(prompt="Is it good?"), add_special_tokens=False)["input_ids"]
+    response = tokenizer("positive", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert feature["input_ids"] == prompt + response
+    assert feature["labels"] == [IGNORE] * len(prompt) + response
+
+
+def test_chat_template_is_used_when_the_tokenizer_has_one(tokenizer):
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}{% endfor %}<assistant>"
+    try:
+        (feature,) = _sft_features([{"prompt": "hi", "response": "yes"}], tokenizer, 64, False)
+        assert tokenizer.decode(feature["input_ids"]).startswith("< user > hi < assistant >")
+    finally:
+        tokenizer.chat_template = None
+
+
+def test_packing_cuts_the_stream_into_full_blocks(tokenizer):
+    rows = [{"text": "a short one"}, {"text": "another text that is a little longer than the first"}]
+    packed = _lm_features(rows, tokenizer, 8, packing=True)
+    stream = sum((tokenizer(r["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                  for r in rows), [])
+    assert [len(f["input_ids"]) for f in packed] == [8] * (len(stream) // 8)
+    assert sum((f["input_ids"] for f in packed), []) == stream[: 8 * (len(stream) // 8)]
+    assert all(f["labels"] == f["input_ids"] for f in packed)
+    assert _blocks([[1, 2, 3]], 8) == [[1, 2, 3]]  # shorter than a block: one item
+
+
+@pytest.fixture(scope="module")
+def sft_grid(llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sft")
+    uri = f"sqlite:///{folder / 'm.db'}"
+    grid = write_yaml(folder / "g.yaml", {"name": "sft", "experiment": "sft",
+                                          "base": {"model": llama, "task": "rotten_tomatoes_sft", **TINY_LM},
+                                          "axes": [{"zip": {"approach": ["triadapt", "peft-lora"]}}]})
+    assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sft").experiment_id
+    return client, client.search_runs([experiment], "tags.`triadapt.role` = 'cell'"), folder
+
+
+def test_sft_runs_report_perplexity_and_keep_generations(sft_grid):
+    client, runs, folder = sft_grid
+    assert sorted(r.data.tags["triadapt.approach"] for r in runs) == ["peft-lora", "triadapt"]
+    for run in runs:
+        metrics = run.data.metrics
+        assert metrics["result_perplexity"] == pytest.approx(math.exp(metrics["result_loss"]), rel=1e-6)
+        history = client.get_metric_history(run.info.run_id, "eval_perplexity")
+        best = min(range(len(history)), key=lambda i: history[i].value)
+        assert run.data.tags["triadapt.protocol.epoch"] == str(best + 1)  # the lowest perplexity is the best epoch
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluations")}
+        assert names == {"evaluations/generations-epoch1.json", "evaluations/generations-epoch2.json"}
+        local = client.download_artifacts(run.info.run_id, "evaluations/generations-epoch2.json", str(folder))
+        generations = json.loads(open(local).read())
+        assert len(generations) == 3 and generations[0]["prompt"].startswith("### Instruction:\nIs this movie review")
+
+
+def test_pad_token_falls_back_to_eos(tmp_path, capsys):
+    model = tiny_llama(tmp_path / "nopad", pad=False)
+    grid = write_yaml(tmp_path / "g.yaml", {"name": "nopad", "base": {"model": model, "task": "rotten_tomatoes_sft",
+                                                                       **{**TINY_LM, "train": {**TINY_LM["train"],
+                                                                                               "epochs": 1}}}})
+    assert run_main(["ablate", grid, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--no-progress"]) == 0
+    assert "the tokenizer has no pad token: padding with its EOS token '[SEP]'" in capsys.readouterr().out
+
+
+def test_bad_causal_lm_inputs(llama, tmp_path, populated_store, capsys):
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"prompt": "p", "answer": "a"}\n')
+    cases = [
+        ({"task": "custom", "kind": "sft", "train_file": str(records), "validation_file": str(records)},
+         r"data.response_column='response' is invalid: .*r.jsonl has columns prompt, answer"),
+        ({"max_length": 512}, r"data.max_length=512 is invalid: longer than the model's context of 128 tokens"),
+        ({"packing": True}, r"data.packing=True is invalid: packing is for plain-text language modelling"),
+    ]
+    for data, pattern in cases:
+        config = write_yaml(tmp_path / "run.yaml", {"model": llama, **TINY_LM, "data": {
+            "task": "rotten_tomatoes_sft", **TINY_LM["data"], **data}})
+        assert_bad_input(["train", "--config", config, "--tracking-uri", populated_store], pattern, populated_store,
+                         capsys)
