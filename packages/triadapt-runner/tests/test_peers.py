@@ -105,3 +105,26 @@ def test_regime_default_is_fifty_intervals():
     assert (config.warmup_steps, config.growth_interval) == (4, 4)
     explicit = RunConfig.from_dict({"adapter": {"growth_interval": 7}}).adapter_config(188)
     assert (explicit.warmup_steps, explicit.growth_interval) == (4, 7)  # explicit values win
+
+
+def test_adalora_resumes_exactly_from_a_checkpoint(tmp_path):
+    """Stopped after the checkpoint at step 4, mid-allocation (T = 12: AdaLoRA allocates from step 2 and fixes its
+    ranks at step 6), the rerun equals the uninterrupted run: its sensitivity statistics were saved."""
+    from triadapt_runner.training import train_run
+
+    cfg = RunConfig.from_dict({"task": "rotten_tomatoes", "data": {**TINY["data"], "max_train_samples": 24},
+                               "adapter": TINY["adapter"], "approach": "peft-adalora",
+                               "train": {**TINY["train"], "batch_size": 2, "checkpoint_every": 2}})
+    full = train_run(cfg, tmp_path / "full", progress=False)
+
+    def crash(metrics, step):
+        if step == 5:
+            raise KeyboardInterrupt("stopped after the checkpoint at step 4")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "crashed", log=crash, progress=False, checkpoint_dir=tmp_path / "ckpt")
+    resumed = train_run(cfg, tmp_path / "crashed", progress=False, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.ranks == full.ranks and resumed.metrics == full.metrics
+    assert resumed.run_metrics["rank_use"] == full.run_metrics["rank_use"]
+    logits = [json.loads((tmp_path / name / "eval_logits.json").read_text()) for name in ("full", "crashed")]
+    assert logits[0] == logits[1]

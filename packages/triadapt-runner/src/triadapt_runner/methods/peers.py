@@ -199,3 +199,19 @@ class AdaLoraAdapted(PeftAdapted):
     def rank_record(self) -> RankRecord:
         use = self.area / (self.steps * self.ref_rank * len(self._ranks)) if self.steps else 0.0
         return RankRecord(self.ranks(), use)
+
+    STATS = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # AdaLoRA's sensitivity statistics (RankAllocator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """For exact resume: the rank bookkeeping, AdaLoRA's rank pattern and its sensitivity statistics."""
+        allocator = self.model.base_model.rankallocator
+        return {"area": self.area, "steps": self.steps, "ranks": dict(self._ranks),
+                "rank_pattern": self.model.peft_config["default"].rank_pattern,
+                **{key: {k: v.clone() for k, v in getattr(allocator, key).items()} for key in self.STATS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.area, self.steps, self._ranks = float(state["area"]), int(state["steps"]), dict(state["ranks"])
+        self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
+        allocator = self.model.base_model.rankallocator
+        for key in self.STATS:
+            setattr(allocator, key, {k: v.clone() for k, v in state[key].items()})
