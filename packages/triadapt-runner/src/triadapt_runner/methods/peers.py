@@ -31,10 +31,10 @@ def _targets(model: torch.nn.Module, cfg: Any) -> tuple[list[str], list[str]]:
 
 
 def _needs_peft(approach: str) -> None:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        raise RunnerError(f"approach={approach!r} needs peft: pip install 'peft==0.21.2'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:  # found, not imported: importing peft takes seconds
+        raise RunnerError(f"approach={approach!r} needs peft: pip install 'peft==0.21.2'")
 
 
 class PeftLora(Method):
