@@ -126,3 +126,20 @@ def test_bad_causal_lm_inputs(llama, tmp_path, populated_store, capsys):
             "task": "rotten_tomatoes_sft", **TINY_LM["data"], **data}})
         assert_bad_input(["train", "--config", config, "--tracking-uri", populated_store], pattern, populated_store,
                          capsys)
+
+
+def test_a_gguf_file_transformers_cannot_read_is_named(tmp_path):
+    from triadapt_runner.errors import RunnerError
+    from triadapt_runner.models import dequantise
+
+    damaged = tmp_path / "model.Q4_1.gguf"
+    damaged.write_bytes(b"GGUF" + b"\x00" * 64)  # the magic number, then nothing valid
+    with pytest.raises(RunnerError, match=r"model.Q4_1.gguf: transformers cannot dequantise this GGUF file"):
+        dequantise(damaged, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_builtin_models_are_listed(capsys):
+    assert run_main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2" in out and "SmolLM2-135M-Instruct" in out and "minilm" in out

