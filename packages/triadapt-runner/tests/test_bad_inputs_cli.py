@@ -34,10 +34,11 @@ CASES = [
     ("compare-two-sources", ["compare", "--grid", "a", "--all"], r"argument --all: not allowed with argument --grid"),
     ("compare-unknown-grid", ["compare", "--grid", "nope"], r"grid='nope' is invalid: no grid of that name in any "
                                                             r"experiment"),
-    ("compare-grid-in-named-experiment", ["compare", "--grid", "g", "--experiment", "elsewhere"],
-     r"grid='g' is invalid: no grid of that name in experiment 'elsewhere'"),
-    ("compare-grid-file-elsewhere", ["compare", "--grid", "{other}"], r"grid='nowhere' is invalid: no grid of that "
-                                                                       r"name in experiment 'none-such'"),
+    ("compare-unknown-experiment", ["compare", "--grid", "g", "--experiment", "elsewhere"],
+     r"experiment='elsewhere' is invalid: the tracking store has no such experiment \(it has Default, triadapt\)"),
+    ("compare-grid-file-elsewhere", ["compare", "--grid", "{other}"], r"experiment='none-such' is invalid"),
+    ("compare-grid-not-in-experiment", ["compare", "--grid", "nope", "--experiment", "triadapt"],
+     r"grid='nope' is invalid: no grid of that name in experiment 'triadapt'"),
     ("compare-unknown-parent", ["compare", "--parent", "0123456789abcdef"], r"parent='0123456789abcdef' is invalid"),
     ("compare-unknown-metric", ["compare", "--grid", "g", "--metric", "bleu"], r"metric='bleu' is invalid for run"),
     ("data-fetch-unknown", ["data", "fetch", "imdb"], r"dataset='imdb' is not built in: built-in datasets are"),

@@ -218,7 +218,8 @@ def log_rank_figure(tracker: Tracker, parent_id: str) -> str | None:
     for run in sorted(tracker.children(parent_id), key=lambda r: (r.info.start_time, int(r.data.tags[f"{T}seed"]))):
         tags = run.data.tags
         allocates = tags.get(f"{T}approach", "triadapt") in GROWING and tags.get(f"{T}threshold") != "none"
-        if run.info.status == FINISHED and allocates and tags[f"{T}method"] not in chosen:
+        kept = tags.get(f"{T}selection") != "rejected"  # a value the grid's selection did not choose
+        if run.info.status == FINISHED and allocates and kept and tags[f"{T}method"] not in chosen:
             chosen[tags[f"{T}method"]] = run
     if not chosen:
         return None

@@ -176,7 +176,7 @@ def _compare(args: argparse.Namespace) -> int:
     from triadapt_runner.tracking import Tracker
 
     grid, experiment = _grid_and_experiment(args)
-    tracker = Tracker(args.tracking_uri, experiment)
+    tracker = Tracker(args.tracking_uri, experiment, create=False)  # reading: never creates an experiment
     parent = parent_of(tracker, grid) if grid else args.parent
     table = build_table(collect_runs(tracker, parent_id=parent), args.metric, args.baseline)
     print(table.terminal(), end="")

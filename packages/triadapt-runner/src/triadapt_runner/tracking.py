@@ -63,12 +63,19 @@ def experiments_with_grid(uri: str | None, grid: str) -> list[str]:
 
 
 class Tracker:
-    def __init__(self, uri: str | None = None, experiment: str = "triadapt"):
+    def __init__(self, uri: str | None = None, experiment: str = "triadapt", create: bool = True):
+        """The experiment's tracker; ``create=False`` (reading commands) refuses an experiment the store lacks."""
         self.uri = uri or default_tracking_uri()
         try:
             self.client = MlflowClient(tracking_uri=self.uri)
             found = self.client.get_experiment_by_name(experiment)
+            if found is None and not create:
+                names = sorted(e.name for e in self.client.search_experiments())
+                raise RunnerError(f"experiment={experiment!r} is invalid: the tracking store has no such experiment "
+                                  f"(it has {', '.join(names) or 'none'})")
             self.experiment_id = found.experiment_id if found else self._create(experiment)
+        except RunnerError:
+            raise
         except Exception as exc:
             raise RunnerError(f"tracking_uri={self.uri!r} is unusable: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]}") from None
