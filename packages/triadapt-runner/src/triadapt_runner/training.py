@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +40,26 @@ LogFn = Callable[[dict[str, float], int], None]
 __all__ = ["RunResult", "train_run"]
 
 
+@dataclass
+class Run:
+    """One run, set up: what the loop reads and drives."""
+
+    cfg: RunConfig
+    accelerator: Accelerator
+    task: Any
+    kind: Any
+    loaders: Any
+    shuffle: torch.Generator  # the training loader's generator, reseeded per epoch
+    adapted: Adapted
+    model: torch.nn.Module  # prepared (DDP / DeepSpeed engine)
+    optimizer: Any
+    scheduler: Any
+    engine: Any  # the DeepSpeed engine, else None
+    total_steps: int
+    state: Progress = field(default_factory=Progress)
+    step_times: list[float] = field(default_factory=list)
+
+
 def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, progress: bool = True,
               accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None) -> RunResult:
     """Train and evaluate one run; writes the adapter and plots to ``output_dir``.
@@ -51,7 +72,37 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     hf_logging.set_verbosity_error()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    accelerator = accelerator or make_accelerator(cfg.train)
+    run = _set_up(cfg, accelerator or make_accelerator(cfg.train))
+    acc, state = run.accelerator, run.state
+    acc.register_for_checkpointing(run.adapted, state)
+    acc.register_save_state_pre_hook(trainable_only(run.model))
+    checkpoints = Checkpointer(acc, checkpoint_dir) if checkpoint_dir else None
+    resumed = checkpoints.latest() if checkpoints else None
+    if resumed is not None:
+        checkpoints.load(resumed, state)
+        if acc.is_main_process:
+            print(f"[{cfg.label}] resumed from {resumed} (step {state.step} of {run.total_steps})", flush=True)
+    evaluation, kept = None, {}
+    bar = tqdm(total=run.total_steps, initial=state.step, desc=cfg.label,
+               disable=not (progress and acc.is_main_process), leave=False)
+    for epoch in range(state.epoch, cfg.train.epochs + 1):
+        _train_epoch(run, epoch, resumed is not None, log, bar, checkpoints)
+        evaluation = run.kind.evaluate(run.model, run.loaders, cfg, run.task, acc)
+        kept.update({name.replace(".json", f"-epoch{epoch}.json"): data for name, data in evaluation.per_epoch.items()})
+        state.history.append({"epoch": epoch, **evaluation.scores})
+        if log:
+            log({f"eval_{k}": v for k, v in evaluation.scores.items()}, state.step)
+        state.epoch, state.batches_in_epoch = epoch + 1, 0
+    bar.close()
+    set_grad_accessor(None)
+    result = finish(cfg, run.task, run.adapted, state.history, Path(output_dir), run.total_steps, acc,
+                    {**(evaluation.artifacts if evaluation else {}), **kept}, run.step_times)
+    result.world_size = acc.num_processes
+    return result
+
+
+def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
+    """Data, model, the method attached, optimizer and schedule, all prepared; T checked against the preflight's."""
     set_seed(cfg.train.seed)
     task, splits = load_task(cfg.data)
     kind = kind_for(task)
@@ -61,88 +112,61 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     shuffle = loaders.train.generator  # reseeded per epoch: the data order depends on (seed, epoch) only
     items = len(loaders.train.dataset)
     loaders.train, loaders.evaluation = accelerator.prepare(loaders.train, loaders.evaluation)
-    train_loader = loaders.train
-
     # per-process batches after sharding; the last partial accumulation window still makes a step
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    total_steps = math.ceil(len(loaders.train) / cfg.train.gradient_accumulation_steps) * cfg.train.epochs
     if total_steps != optimizer_steps(items, cfg.train, accelerator.num_processes):
         raise RunnerError(f"internal error: the loader gives T={total_steps}, the preflight derived "
                           f"T={optimizer_steps(items, cfg.train, accelerator.num_processes)}; please report this")
     method = method_for(cfg)
     _print_plan(accelerator, cfg, total_steps, method.plan(model, cfg, total_steps))
     adapted = method.attach(model, cfg, total_steps)
-    model = adapted.model
-
-    optimizer = _optimizer(model, cfg)
+    optimizer = _optimizer(adapted.model, cfg)
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps) * world,
                                                 total_steps * world)
     persistent = adapted.persistent_params()
     keep_units_whole(accelerator, max((p.numel() for p in persistent), default=0))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(adapted.model, optimizer, scheduler)
     if zero_stage(accelerator) == 3 and persistent:
         make_units_whole(persistent)
     install_grad_accessor(accelerator)
     engine = model if uses_deepspeed(accelerator) else None
+    return Run(cfg, accelerator, task, kind, loaders, shuffle, adapted, model, optimizer, scheduler, engine,
+               total_steps)
 
-    state = Progress()
-    accelerator.register_for_checkpointing(adapted, state)
-    accelerator.register_save_state_pre_hook(trainable_only(model))
-    checkpoints = Checkpointer(accelerator, checkpoint_dir) if checkpoint_dir else None
-    every = cfg.train.checkpoint_every or adapted.checkpoint_interval or regime_interval(total_steps)
-    resumed = checkpoints.latest() if checkpoints else None
-    if resumed is not None:
-        checkpoints.load(resumed, state)
-        if accelerator.is_main_process:
-            print(f"[{cfg.label}] resumed from {resumed} (step {state.step} of {total_steps})", flush=True)
 
-    evaluation, step_times, kept = None, [], {}
-    bar = tqdm(total=total_steps, initial=state.step, desc=cfg.label,
-               disable=not (progress and accelerator.is_main_process), leave=False)
-    for epoch in range(state.epoch, cfg.train.epochs + 1):
-        model.train()
-        shuffle.manual_seed(cfg.train.seed + (epoch - 1) * 1_000_003)  # epoch 1: the seed itself
-        skip = state.batches_in_epoch if epoch == state.epoch else 0
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        batches = iter(loader)
-        if resumed is not None and state.torch_rng is not None:  # dropout continues as if never interrupted
-            torch.set_rng_state(state.torch_rng)
-            state.torch_rng = None
-        state.epoch, state.batches_in_epoch = epoch, skip
+def _train_epoch(run: Run, epoch: int, resumed: bool, log: LogFn | None, bar: Any, checkpoints: Any) -> None:
+    """The optimizer steps of one epoch (from where a resumed run stopped), with logging and checkpoints."""
+    cfg, acc, state, adapted = run.cfg, run.accelerator, run.state, run.adapted
+    every = cfg.train.checkpoint_every or adapted.checkpoint_interval or regime_interval(run.total_steps)
+    run.model.train()
+    run.shuffle.manual_seed(cfg.train.seed + (epoch - 1) * 1_000_003)  # epoch 1: the seed itself
+    skip = state.batches_in_epoch if epoch == state.epoch else 0
+    batches = iter(acc.skip_first_batches(run.loaders.train, skip) if skip else run.loaders.train)
+    if resumed and state.torch_rng is not None:  # dropout continues as if never interrupted
+        torch.set_rng_state(state.torch_rng)
+        state.torch_rng = None
+    state.epoch, state.batches_in_epoch = epoch, skip
+    started = time.perf_counter()
+    for batch in batches:
+        state.batches_in_epoch += 1
+        with acc.accumulate(run.model):
+            loss = run.model(**batch).loss
+            stepped, event = _backward_and_step(acc, run.engine, loss + adapted.extra_loss(), adapted, run.model,
+                                                run.optimizer, run.scheduler, cfg.train.max_grad_norm, state.step + 1)
+            if not stepped:
+                continue
+        state.step += 1
+        run.step_times.append(time.perf_counter() - started)
+        if event is not None:
+            check_same_ranks(acc, adapted, state.step)
+        bar.update(1)
+        if log and (state.step % cfg.train.log_every == 0 or event is not None or state.step == run.total_steps):
+            log({"loss": float(loss.detach()), "lr": float(run.scheduler.get_last_lr()[0]), **adapted.step_metrics()},
+                state.step)
+        if checkpoints and state.step % every == 0 and state.step < run.total_steps:
+            checkpoints.save(state.step)
         started = time.perf_counter()
-        for batch in batches:
-            state.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                stepped, event = _backward_and_step(accelerator, engine, loss + adapted.extra_loss(), adapted, model,
-                                                    optimizer, scheduler, cfg.train.max_grad_norm, state.step + 1)
-                if not stepped:
-                    continue
-            state.step += 1
-            now = time.perf_counter()
-            step_times.append(now - started)
-            if event is not None:
-                check_same_ranks(accelerator, adapted, state.step)
-            bar.update(1)
-            if log and (state.step % cfg.train.log_every == 0 or event is not None or state.step == total_steps):
-                log({"loss": float(loss.detach()), "lr": float(scheduler.get_last_lr()[0]), **adapted.step_metrics()},
-                    state.step)
-            if checkpoints and state.step % every == 0 and state.step < total_steps:
-                checkpoints.save(state.step)
-            started = time.perf_counter()
-        evaluation = kind.evaluate(model, loaders, cfg, task, accelerator)
-        kept.update({name.replace(".json", f"-epoch{epoch}.json"): data for name, data in evaluation.per_epoch.items()})
-        state.history.append({"epoch": epoch, **evaluation.scores})
-        if log:
-            log({f"eval_{k}": v for k, v in evaluation.scores.items()}, state.step)
-        state.epoch, state.batches_in_epoch = epoch + 1, 0
-    bar.close()
-    set_grad_accessor(None)
-    result = finish(cfg, task, adapted, state.history, Path(output_dir), total_steps, accelerator,
-                    {**(evaluation.artifacts if evaluation else {}), **kept}, step_times)
-    result.world_size = accelerator.num_processes
-    return result
 
 
 def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor, adapted: Adapted,
