@@ -37,7 +37,7 @@ def test_shipped_grids_parse(path, triadapt_registry):  # with the installed plu
     assert spec.cells() and len(spec.seeds) == 3
 
 
-def test_paper_glue_recipes_follow_table_v():
+def test_paper_glue_recipes_follow_table_v(triadapt_registry):  # the IncreLoRA-style rows need the plugin
     spec = load_grid(ABLATIONS / "paper-glue-rte.yaml")
     cell = next(c for c in spec.cells() if c.method == "TriAdaptLoRA linear")
     assert (cell.config.train.epochs, cell.config.train.learning_rate, cell.config.data.max_length) == (50, 1.2e-3, 320)
@@ -46,7 +46,7 @@ def test_paper_glue_recipes_follow_table_v():
         "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
 
 
-def test_paper_squad_recipe_follows_table_vi():
+def test_paper_squad_recipe_follows_table_vi(triadapt_registry):
     cell = load_grid(ABLATIONS / "paper-squad-v2.yaml").cells()[1]
     assert (cell.task, cell.config.data.max_length, cell.config.data.doc_stride) == ("squad_v2", 384, 128)
     assert (cell.config.train.epochs, cell.config.train.batch_size, cell.config.adapter["dropout"]) == (14, 16, 0.1)
