@@ -61,6 +61,24 @@ class GradNormPlugin:
 
 
 registry().register(GradNormPlugin(), name="grad-norm")
+
+from triadapt_runner.kinds.base import TaskKind  # noqa: E402
+
+built = {}
+original_build = TaskKind.build_model
+
+
+def build_and_measure(self, path, task, meta=False):
+    """Record how much of the base model this process holds right after building it (ZeRO-3 partitions)."""
+    model = original_build(self, path, task, meta=meta)
+    if not meta:
+        built["base_full"] = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        built["base_local"] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+                                  for p in model.parameters())
+    return model
+
+
+TaskKind.build_model = build_and_measure
 init_processes()
 rank = int(os.environ.get("RANK", "0"))
 losses = []
@@ -68,4 +86,4 @@ result = train_run(RunConfig.from_dict(config), out / f"run{rank}", progress=Fal
                    log=lambda metrics, step: losses.append((step, metrics["loss"])) if "loss" in metrics else None)
 (out / f"rank{rank}.json").write_text(json.dumps({
     "world_size": result.world_size, "ranks": result.ranks, "events": result.events, "losses": losses,
-    "metrics": result.metrics, "total_steps": result.total_steps}))
+    "metrics": result.metrics, "total_steps": result.total_steps, **built}))

@@ -53,6 +53,8 @@ CASES = [
      r"approach_options.tinit=3 is invalid: AdaLoRA allocates between tinit and T - tfinal"),
     ("increlora-other-structure", {"approach": "increlora-style", "adapter.structure": "triangular"},
      r"adapter.structure='triangular' is invalid with approach 'increlora-style', which sets it to 'lora'"),
+    ("zero3-init-without-zero3", {"train.zero3_init": True, "train.zero_stage": 2},
+     r"train.zero3_init=True is invalid: needs train.zero_stage 3"),
     ("peer-under-deepspeed", {"approach": "peft-lora", "train.zero_stage": 2},
      r"approach='peft-lora' is invalid in a multi-process or DeepSpeed run"),
 ]

@@ -62,7 +62,8 @@ def deepspeed_plugin(train: TrainConfig) -> DeepSpeedPlugin | None:
     config.setdefault("train_batch_size", "auto")
     if train.mixed_precision == "bf16":
         config["bf16"] = {"enabled": True}
-    return DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=False)
+    # zero3_init: accelerate makes transformers build the model inside deepspeed.zero.Init (partitioned from the start)
+    return DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=train.zero3_init)
 
 
 def uses_deepspeed(accelerator: Accelerator) -> bool:

@@ -225,7 +225,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if any(k in name for k in NO_DECAY) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # DeepSpeed drops an empty group, then the LR schedule would not fit
 
 
 def _print_plan(accelerator: Accelerator, cfg: RunConfig, total: int, plan: MethodPlan) -> None:

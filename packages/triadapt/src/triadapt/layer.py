@@ -23,7 +23,8 @@ def base_shape(base: nn.Module) -> tuple[int, int]:
     if isinstance(base, nn.Linear):
         return base.in_features, base.out_features
     if is_conv1d(base):
-        n_in, n_out = base.weight.shape  # GPT-2 Conv1D stores W as (in, out)
+        # GPT-2 Conv1D stores W as (in, out); a weight partitioned by DeepSpeed ZeRO-3 keeps its shape in ds_shape
+        n_in, n_out = getattr(base.weight, "ds_shape", base.weight.shape)
         return n_in, n_out
     raise TypeError(f"cannot adapt {type(base).__name__}: only nn.Linear and transformers' Conv1D are supported")
 

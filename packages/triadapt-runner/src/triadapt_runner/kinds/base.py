@@ -43,7 +43,7 @@ class TaskKind(ABC):
 
         auto = getattr(transformers, self.auto_model)
         if not meta:
-            return auto.from_pretrained(path, **self.model_kwargs(task))
+            return _pretrained(auto, path, self.model_kwargs(task))
         config = transformers.AutoConfig.from_pretrained(path, **self.model_kwargs(task))
         with torch.device("meta"):
             return auto.from_config(config)
@@ -60,3 +60,19 @@ class TaskKind(ABC):
     @abstractmethod
     def evaluate(self, model: Any, loaders: Loaders, cfg: Any, task: TaskSpec, accelerator: Any) -> Evaluation:
         """Validation metrics of ``model``, gathered over processes."""
+
+
+def _pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained``; under ZeRO-3 with ``train.zero3_init`` transformers builds it partitioned (zero.Init)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return auto.from_pretrained(path, **kwargs)
+    try:
+        return auto.from_pretrained(path, **kwargs)
+    except Exception as exc:
+        from triadapt_runner.errors import RunnerError
+
+        raise RunnerError(f"train.zero3_init=True is invalid for model={path!r}: its class cannot be built partitioned "
+                          f"by deepspeed.zero.Init ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                          f"set train.zero3_init=false") from None
