@@ -163,3 +163,32 @@ def test_builtin_smollm2_is_fetched_checked_converted_and_cached():
     assert type(model).__name__ == "LlamaForCausalLM" and sum(p.numel() for p in model.parameters()) == 134_515_008
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
     assert plan_injection(model).num_matrices == 30 * 7  # the Llama default targets on its 30 layers
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(llama, tmp_path, monkeypatch):
+    """Non-reentrant checkpointing recomputes the same activations: the same losses, ranks and results."""
+    import transformers.modeling_utils
+
+    from triadapt_runner.config import RunConfig
+    from triadapt_runner.training import train_run
+
+    calls, original = [], transformers.modeling_utils.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counted)
+    outcomes = []
+    for checkpointing in (False, True):
+        losses = []
+        cfg = RunConfig.from_dict({"model": llama, "task": "rotten_tomatoes_sft", **TINY_LM,
+                                   "train": {**TINY_LM["train"], "epochs": 1, "gradient_checkpointing": checkpointing},
+                                   "adapter": {**TINY_LM["adapter"], "warmup_steps": 0, "growth_interval": 1}})
+        result = train_run(cfg, tmp_path / str(checkpointing), progress=False,
+                           log=lambda m, s: losses.append(m["loss"]) if "loss" in m else None)
+        outcomes.append((losses, result.ranks, result.metrics))
+    assert calls and set(calls) == {False}  # the checkpointed run did checkpoint, non-reentrant
+    assert outcomes[0][1] == outcomes[1][1] and outcomes[0][1] != {}
+    assert outcomes[0][0] == pytest.approx(outcomes[1][0], abs=1e-6)
+    assert outcomes[0][2] == pytest.approx(outcomes[1][2], abs=1e-6)

@@ -116,16 +116,17 @@ def zero3(tmp_path_factory):
 
 
 def test_zero3_init_never_holds_the_whole_base_model(tmp_path):
-    """train.zero3_init on a tiny Llama (causal-LM SFT): the model is built inside deepspeed.zero.Init, so each of
-    the 2 processes holds about half of every base weight from the start; adapters are whole and identical on both,
-    ranks grow, the loss falls, and the saved adapter loads into a model built whole."""
+    """train.zero3_init on a tiny Llama (causal-LM SFT, with gradient checkpointing): the model is built inside
+    deepspeed.zero.Init, so each of the 2 processes holds about half of every base weight from the start; adapters
+    are whole and identical on both, ranks grow, the loss falls, and the saved adapter loads into a model built
+    whole."""
     from test_causal_lm import TINY_LM, tiny_llama
 
     model = tiny_llama(tmp_path / "llama")
     cfg = {"model": model, "task": "rotten_tomatoes_sft", **TINY_LM,
            "data": {**TINY_LM["data"], "max_train_samples": 64},
            "train": {**TINY_LM["train"], "epochs": 2, "batch_size": 4, "zero_stage": 3, "zero3_init": True,
-                     "threads": 1},
+                     "gradient_checkpointing": True, "threads": 1},
            "adapter": {**TINY_LM["adapter"], "warmup_steps": 1, "growth_interval": 2}}
     out = finished_run_at(tmp_path / "run", cfg)
     per_rank = assert_consistent_run(out)
@@ -180,9 +181,12 @@ def test_deepspeed_stages_0_and_1_with_offload_accumulation_bf16(train, tmp_path
                                atol=tol, rtol=tol)
 
 
+DDP = config(gradient_checkpointing=True)  # DDP runs also check non-reentrant gradient checkpointing with adapters
+
+
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory):
-    return finished_run(tmp_path_factory, "accelerate", config())
+    return finished_run(tmp_path_factory, "accelerate", DDP)
 
 
 def test_ddp_through_accelerate_launch(ddp):
@@ -194,8 +198,8 @@ def test_ddp_through_accelerate_launch(ddp):
 
 def test_ddp_resume_after_a_crash(ddp, tmp_path):
     ckpt = tmp_path / "ckpt"
-    assert launch("accelerate", tmp_path, config(), checkpoints=ckpt, stop_after=6).returncode != 0
-    resumed = launch("accelerate", tmp_path, config(), checkpoints=ckpt)
+    assert launch("accelerate", tmp_path, DDP, checkpoints=ckpt, stop_after=6).returncode != 0
+    resumed = launch("accelerate", tmp_path, DDP, checkpoints=ckpt)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     full, again = results(ddp), results(tmp_path)
     assert [r["ranks"] for r in again] == [full[0]["ranks"]] * 2

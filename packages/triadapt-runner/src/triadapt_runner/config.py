@@ -91,6 +91,7 @@ class TrainConfig:
     zero_stage: int | None = None  # DeepSpeed ZeRO stage 0-3; null: no DeepSpeed (DDP when launched multi-process)
     offload_optimizer: bool = False  # DeepSpeed ZeRO-Offload of the optimizer state to CPU (zero_stage >= 1)
     zero3_init: bool = False  # ZeRO-3: build the model partitioned (deepspeed.zero.Init); no process holds it whole
+    gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant: adapters get gradients)
     deepspeed_config: str | None = None  # a DeepSpeed JSON config; the fields above override its values
     checkpoint_every: int | None = None  # optimizer steps between checkpoints (null: at every growth interval)
 
@@ -117,6 +118,8 @@ class TrainConfig:
             raise invalid("train.offload_optimizer", self.offload_optimizer, "must be true or false")
         if self.offload_optimizer and not self.zero_stage and not self.deepspeed_config:
             raise invalid("train.offload_optimizer", self.offload_optimizer, "needs train.zero_stage 1, 2 or 3")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise invalid("train.gradient_checkpointing", self.gradient_checkpointing, "must be true or false")
         if not isinstance(self.zero3_init, bool):
             raise invalid("train.zero3_init", self.zero3_init, "must be true or false")
         if self.zero3_init and self.zero_stage != 3:

@@ -109,6 +109,8 @@ def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     loaders = kind.build_loaders(cfg, task, splits, tokenizer)
     model = kind.build_model(model_path(cfg.model), task)
+    if cfg.train.gradient_checkpointing:
+        _checkpoint_activations(model, cfg)
     shuffle = loaders.train.generator  # reseeded per epoch: the data order depends on (seed, epoch) only
     items = len(loaders.train.dataset)
     loaders.train, loaders.evaluation = accelerator.prepare(loaders.train, loaders.evaluation)
@@ -133,6 +135,14 @@ def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
     engine = model if uses_deepspeed(accelerator) else None
     return Run(cfg, accelerator, task, kind, loaders, shuffle, adapted, model, optimizer, scheduler, engine,
                total_steps)
+
+
+def _checkpoint_activations(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """Gradient checkpointing, non-reentrant: the frozen base's inputs need no gradient for the adapters to get one."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise RunnerError(f"train.gradient_checkpointing=True is invalid for model={cfg.model!r}: its class does not "
+                          f"support gradient checkpointing")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _train_epoch(run: Run, epoch: int, resumed: bool, log: LogFn | None, bar: Any, checkpoints: Any) -> None:
