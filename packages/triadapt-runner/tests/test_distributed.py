@@ -111,12 +111,12 @@ def zero2(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def zero3(tmp_path_factory):
-    return finished_run(tmp_path_factory, "deepspeed", config(zero_stage=3))
+def zero3(tmp_path_factory):  # built whole on each process, then partitioned (the escape hatch for odd classes)
+    return finished_run(tmp_path_factory, "deepspeed", config(zero_stage=3, zero3_init=False))
 
 
 def test_zero3_init_never_holds_the_whole_base_model(tmp_path):
-    """train.zero3_init on a tiny Llama (causal-LM SFT, with gradient checkpointing): the model is built inside
+    """ZeRO-3 on a tiny Llama (causal-LM SFT, with gradient checkpointing): by default the model is built inside
     deepspeed.zero.Init, so each of the 2 processes holds about half of every base weight from the start; adapters
     are whole and identical on both, ranks grow, the loss falls, and the saved adapter loads into a model built
     whole."""
@@ -125,7 +125,7 @@ def test_zero3_init_never_holds_the_whole_base_model(tmp_path):
     model = tiny_llama(tmp_path / "llama")
     cfg = {"model": model, "task": "rotten_tomatoes_sft", **TINY_LM,
            "data": {**TINY_LM["data"], "max_train_samples": 64},
-           "train": {**TINY_LM["train"], "epochs": 2, "batch_size": 4, "zero_stage": 3, "zero3_init": True,
+           "train": {**TINY_LM["train"], "epochs": 2, "batch_size": 4, "zero_stage": 3,
                      "gradient_checkpointing": True, "threads": 1},
            "adapter": {**TINY_LM["adapter"], "warmup_steps": 1, "growth_interval": 2}}
     out = finished_run_at(tmp_path / "run", cfg)
@@ -151,7 +151,8 @@ def finished_run_at(out, cfg):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_two_processes(stage, zero2, zero3):
     out = zero2 if stage == 2 else zero3
-    assert_consistent_run(out)
+    per_rank = assert_consistent_run(out)
+    assert all(r["base_local"] == r["base_full"] for r in per_rank)  # ZeRO-2, and ZeRO-3 with zero3_init false
     saved = json.loads((out / "run0" / "eval_logits.json").read_text())
     again = reloaded_logits(config(zero_stage=stage), out / "run0" / "adapter")
     torch.testing.assert_close(again, torch.tensor(saved), atol=1e-5, rtol=1e-5)

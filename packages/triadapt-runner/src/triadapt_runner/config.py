@@ -90,7 +90,7 @@ class TrainConfig:
     threads: int | None = None
     zero_stage: int | None = None  # DeepSpeed ZeRO stage 0-3; null: no DeepSpeed (DDP when launched multi-process)
     offload_optimizer: bool = False  # DeepSpeed ZeRO-Offload of the optimizer state to CPU (zero_stage >= 1)
-    zero3_init: bool = False  # ZeRO-3: build the model partitioned (deepspeed.zero.Init); no process holds it whole
+    zero3_init: bool | None = None  # ZeRO-3: build the model partitioned (zero.Init; the default), or whole if false
     gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant: adapters get gradients)
     deepspeed_config: str | None = None  # a DeepSpeed JSON config; the fields above override its values
     checkpoint_every: int | None = None  # optimizer steps between checkpoints (null: at every growth interval)
@@ -120,9 +120,9 @@ class TrainConfig:
             raise invalid("train.offload_optimizer", self.offload_optimizer, "needs train.zero_stage 1, 2 or 3")
         if not isinstance(self.gradient_checkpointing, bool):
             raise invalid("train.gradient_checkpointing", self.gradient_checkpointing, "must be true or false")
-        if not isinstance(self.zero3_init, bool):
-            raise invalid("train.zero3_init", self.zero3_init, "must be true or false")
-        if self.zero3_init and self.zero_stage != 3:
+        if self.zero3_init is not None and not isinstance(self.zero3_init, bool):
+            raise invalid("train.zero3_init", self.zero3_init, "must be true, false or null (ZeRO-3's default: true)")
+        if self.zero3_init is not None and self.zero_stage != 3:
             raise invalid("train.zero3_init", self.zero3_init, "needs train.zero_stage 3 (partitioned building is ZeRO-3)")
         if self.deepspeed_config is not None:
             read_deepspeed_config(self.deepspeed_config)

@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -62,8 +63,31 @@ def deepspeed_plugin(train: TrainConfig) -> DeepSpeedPlugin | None:
     config.setdefault("train_batch_size", "auto")
     if train.mixed_precision == "bf16":
         config["bf16"] = {"enabled": True}
-    # zero3_init: accelerate makes transformers build the model inside deepspeed.zero.Init (partitioned from the start)
-    return DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=train.zero3_init)
+    # ZeRO-3: transformers builds the model inside deepspeed.zero.Init (partitioned from the start) unless
+    # train.zero3_init is false (see model_building)
+    return DeepSpeedPlugin(hf_ds_config=config, zero3_init_flag=train.zero3_init is not False)
+
+
+def model_building(accelerator: Accelerator, train: TrainConfig) -> Any:
+    """The context in which the run builds its model: under ZeRO-3 partitioned (deepspeed.zero.Init, as accelerate
+    sets up), or whole on every process with ``train.zero3_init: false`` (partitioned later by deepspeed.initialize)."""
+    import contextlib
+
+    if zero_stage(accelerator) == 3 and train.zero3_init is False:
+        return _built_whole(accelerator.state.deepspeed_plugin)
+    return contextlib.nullcontext()
+
+
+@contextmanager
+def _built_whole(plugin: DeepSpeedPlugin) -> Iterator[None]:
+    """transformers builds under zero.Init whenever a ZeRO-3 DeepSpeed config is registered: unregister it meanwhile."""
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def uses_deepspeed(accelerator: Accelerator) -> bool:

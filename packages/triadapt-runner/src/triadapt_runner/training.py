@@ -25,7 +25,7 @@ from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
 from triadapt_runner.config import RunConfig, regime_interval
 from triadapt_runner.data.loading import load_task
 from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole, make_accelerator,
-                                         make_units_whole, uses_deepspeed, zero_stage)
+                                         make_units_whole, model_building, uses_deepspeed, zero_stage)
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.kinds import kind_for
 from triadapt_runner.methods import Adapted, MethodPlan, method_for
@@ -108,7 +108,8 @@ def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
     kind = kind_for(task)
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     loaders = kind.build_loaders(cfg, task, splits, tokenizer)
-    model = kind.build_model(model_path(cfg.model), task)
+    with model_building(accelerator, cfg.train):  # ZeRO-3: partitioned as it is built, unless zero3_init is false
+        model = kind.build_model(model_path(cfg.model), task)
     if cfg.train.gradient_checkpointing:
         _checkpoint_activations(model, cfg)
     shuffle = loaders.train.generator  # reseeded per epoch: the data order depends on (seed, epoch) only

@@ -63,7 +63,7 @@ class TaskKind(ABC):
 
 
 def _pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
-    """``from_pretrained``; under ZeRO-3 with ``train.zero3_init`` transformers builds it partitioned (zero.Init)."""
+    """``from_pretrained``; under ZeRO-3 (unless ``train.zero3_init`` is false) transformers builds it partitioned."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if not is_deepspeed_zero3_enabled():
@@ -73,6 +73,6 @@ def _pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
     except Exception as exc:
         from triadapt_runner.errors import RunnerError
 
-        raise RunnerError(f"train.zero3_init=True is invalid for model={path!r}: its class cannot be built partitioned "
-                          f"by deepspeed.zero.Init ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                          f"set train.zero3_init=false") from None
+        raise RunnerError(f"model={path!r} is invalid under ZeRO-3: its class cannot be built partitioned by "
+                          f"deepspeed.zero.Init ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); set "
+                          f"train.zero3_init=false to build it whole on each process") from None
