@@ -31,6 +31,29 @@ def test_cell_ids_are_deterministic_and_follow_the_config():
     assert parse_grid(grid).spec_hash != parse_grid({**grid, "seeds": [0]}).spec_hash
 
 
+
+def test_cell_ids_survive_a_release_that_adds_a_config_field():
+    """A new field with a default must not change finished cells' ids, or a rerun would not resume."""
+    import dataclasses
+
+    from triadapt_runner.config import RunConfig, TrainConfig
+
+    cfg = RunConfig.from_dict({"task": "rotten_tomatoes", "train": {"epochs": 2, "learning_rate": 1e-3}})
+    newer_train = dataclasses.make_dataclass("NewerTrain", [("new_flag", bool, dataclasses.field(default=False))],
+                                             bases=(TrainConfig,))
+    newer = dataclasses.replace(cfg, train=newer_train(**dataclasses.asdict(cfg.train)))
+    assert newer.config_hash(with_seed=True) == cfg.config_hash(with_seed=True)
+    newer.train.new_flag = True
+    assert newer.config_hash(with_seed=True) != cfg.config_hash(with_seed=True)
+    # a value written out at its default is the same config; the seed counts only when asked
+    explicit = RunConfig.from_dict({"task": "rotten_tomatoes", "train": {"epochs": 2, "learning_rate": 1e-3,
+                                                                         "max_grad_norm": TrainConfig().max_grad_norm}})
+    assert explicit.config_hash(with_seed=True) == cfg.config_hash(with_seed=True)
+    other_seed = RunConfig.from_dict({"task": "rotten_tomatoes", "train": {"epochs": 2, "learning_rate": 1e-3,
+                                                                           "seed": 7}})
+    assert other_seed.config_hash() == cfg.config_hash()
+    assert other_seed.config_hash(with_seed=True) != cfg.config_hash(with_seed=True)
+
 @pytest.mark.parametrize("path", sorted(ABLATIONS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_grids_parse(path, triadapt_registry):  # with the installed plugins (the IncreLoRA-style row's scorer)
     spec = load_grid(path)

@@ -195,10 +195,16 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self, with_seed: bool = False) -> str:
-        """Hash of the resolved config (without the seed unless asked): equal configs, equal hash."""
-        data = self.to_dict()
-        if not with_seed:
-            data["train"].pop("seed")
+        """Hash of the config (without the seed unless asked): equal configs, equal hash.
+
+        Only the fields that differ from their defaults are hashed, so a release that adds a config
+        field (with a default) keeps every existing grid cell's id and a rerun still resumes.
+        """
+        data = _without_defaults(self)
+        if with_seed:
+            data.setdefault("train", {})["seed"] = self.train.seed
+        else:
+            data.get("train", {}).pop("seed", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
@@ -278,3 +284,24 @@ def _is_int(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+
+def _without_defaults(obj: Any) -> dict[str, Any]:
+    """The dataclass ``obj`` as a dict of the fields that differ from their defaults (nested sections too)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            nested = _without_defaults(value)
+            if nested:
+                out[f.name] = nested
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:  # a field without a default is always part of the hash
+            out[f.name] = value
+            continue
+        if value != default:
+            out[f.name] = value
+    return out
