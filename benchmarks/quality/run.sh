@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quality on the offline datasets: the paper's Tables I-III with the peers (offline-tables.yaml: 3 seeds,
-# one learning-rate protocol for every row) and its Figures 3-4 (offline-sensitivity.yaml), then the
+# one learning-rate protocol for every row) and its Figures 3-4 (offline-sensitivity-*.yaml), then the
 # comparison tables (Markdown and CSV, with CI and p-value against a baseline row) next to this script.
 # Resumable: rerun to continue where it stopped.
 #   bash benchmarks/quality/run.sh            (about 8 hours on 2 idle CPU cores)
@@ -14,6 +14,9 @@ triadapt ablate benchmarks/ablations/offline-tables.yaml --tracking-uri "$uri" -
 triadapt compare --grid offline-tables --tracking-uri "$uri" --baseline "peft LoRA" \
   --markdown "$out/offline-tables.md" --csv "$out/offline-tables.csv"
 
-triadapt ablate benchmarks/ablations/offline-sensitivity.yaml --tracking-uri "$uri" --no-progress
-triadapt compare --grid offline-sensitivity --tracking-uri "$uri" --baseline "TriAdaptLoRA linear t0=ΔT=4" \
-  --markdown "$out/offline-sensitivity.md" --csv "$out/offline-sensitivity.csv"
+for grid in benchmarks/ablations/offline-sensitivity-*.yaml; do
+  name=$(basename "$grid" .yaml)
+  triadapt ablate "$grid" --tracking-uri "$uri" --no-progress
+  triadapt compare --grid "$name" --tracking-uri "$uri" --baseline "TriAdaptLoRA linear t0=ΔT=4" \
+    --markdown "$out/$name.md" --csv "$out/$name.csv"
+done

@@ -19,7 +19,7 @@ def test_choose_by_mean_of_the_selection_seeds():
 
 
 GRID = {"name": "lr", "experiment": "lr", "base": {"task": "rotten_tomatoes", **TINY},
-        "axes": [{"zip": {"method": ["TriAdaptLoRA"]}}],
+        "axes": [{"zip": {"method": ["TriAdaptLoRA", "TriAdaptLoRA again"]}}],
         "seeds": [0, 1], "select": {"axis": "train.learning_rate", "values": [1e-5, 2e-3], "seeds": [0]}}
 
 
@@ -33,7 +33,10 @@ def test_selection_then_the_other_seeds_at_the_chosen_value(tmp_path, capsys):
     experiment = client.get_experiment_by_name("lr").experiment_id
     parent = client.search_runs([experiment], "tags.`triadapt.role` = 'parent'")[0]
     cells = client.search_runs([experiment], "tags.`triadapt.role` = 'cell'")
-    assert len(cells) == 2 + 1  # 2 values at seed 0, then seed 1 at the chosen value
+    assert len(cells) == 2 * (2 + 1)  # per row: 2 values at seed 0, then seed 1 at the chosen value
+    by_start = sorted(cells, key=lambda r: r.info.start_time)
+    assert [r.data.tags["triadapt.method"] for r in by_start] == ["TriAdaptLoRA"] * 3 + ["TriAdaptLoRA again"] * 3
+    assert [r.data.tags["triadapt.seed"] for r in by_start[:3]] == ["0", "0", "1"]  # a row is whole before the next
     report = json.loads(open(client.download_artifacts(parent.info.run_id, "selection.json", str(tmp_path))).read())
     for row, entry in report["rows"].items():
         seed0 = {float(v): s for v, s in entry["scores"].items()}
@@ -49,7 +52,7 @@ def test_selection_then_the_other_seeds_at_the_chosen_value(tmp_path, capsys):
     assert run_main(["compare", "--grid", "lr", "--tracking-uri", uri]) == 0
     assert "(n=2)" in capsys.readouterr().out  # the rejected run is left out: no mixed configs
     assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0  # resume: all finished
-    assert "grid done: 3 skipped" in capsys.readouterr().out
+    assert "grid done: 6 skipped" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("select,pattern", [

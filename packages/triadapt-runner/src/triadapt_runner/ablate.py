@@ -8,6 +8,7 @@ parent run). A failing cell does not stop the grid unless ``fail_fast``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
@@ -133,19 +134,28 @@ def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fa
              progress: bool = True, checkpoint_root: str | Path | None = None) -> GridOutcome:
     """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker.
 
-    With ``select``, the selection cells run first, the value of every row is chosen from
-    their results, and then the remaining seeds run at the chosen values (`triadapt_runner.selection`).
+    With ``select``, rows run one after another: a row's selection cells, the choice of its value
+    from their results, then its other seeds at that value (`triadapt_runner.selection`). A grid
+    stopped part-way thus leaves whole rows (every seed) rather than seed 0 of every row.
     """
     main = tracker is not None
     preflight(spec.cells(), spec.source)  # every cell checked before the parent run exists
     parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
     run = dict(tracker=tracker, parent_id=parent_id, done=done, spec=spec, fail_fast=fail_fast, progress=progress,
                checkpoint_root=checkpoint_root)
-    outcomes = _run_cells(spec.selection_cells(), **run)
-    stopped = fail_fast and any(o.status == "failed" for o in outcomes)
-    if spec.select and not stopped:
-        chosen = main_only(lambda: _apply_selection(spec, tracker, parent_id))
-        outcomes += _run_cells(spec.final_cells(chosen), **run, extra_tags={f"{T}selection": "chosen"})
+    if not spec.select:
+        outcomes = _run_cells(spec.cells(), **run)
+    else:
+        outcomes = []
+        for row, cells in itertools.groupby(spec.selection_cells(), key=lambda c: c.row):
+            outcomes += _run_cells(list(cells), **run)
+            if fail_fast and any(o.status == "failed" for o in outcomes):
+                break
+            chosen = main_only(lambda row=row: _apply_selection(spec, tracker, parent_id, announce=row))
+            outcomes += _run_cells([c for c in spec.final_cells(chosen) if c.row == row], **run,
+                                   extra_tags={f"{T}selection": "chosen"})
+            if fail_fast and any(o.status == "failed" for o in outcomes):
+                break
     if main:
         log_rank_figure(tracker, parent_id)
         tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
@@ -172,8 +182,12 @@ def _run_cells(cells: list[Cell], *, tracker: Tracker | None, parent_id: str, do
     return outcomes
 
 
-def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str) -> dict[str, Any]:
-    """Choose each row's value from its finished selection runs; tag them; log ``selection.json`` on the parent."""
+def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce: str) -> dict[str, Any]:
+    """Choose each row's value from its finished selection runs; tag them; log ``selection.json`` on the parent.
+
+    Every row with results is (re)chosen, so ``selection.json`` always covers the grid so far;
+    the choice of the row ``announce`` is printed.
+    """
     from triadapt_runner.data.tasks import TASKS
     from triadapt_runner.selection import choose
 
@@ -198,6 +212,8 @@ def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str) -> dict[s
         for row, by_value in scores.items()}}
     tracker.log_json(parent_id, "selection.json", report)
     for row, by_value in scores.items():
+        if row != announce:
+            continue
         listed = ", ".join(f"{v!r}: {sum(s) / len(s):.4f}" for v, s in by_value.items())
         print(f"selected {select.axis}={chosen.get(row)!r} for {row} ({listed})", flush=True)
     return chosen

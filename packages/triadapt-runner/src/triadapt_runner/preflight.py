@@ -149,8 +149,9 @@ def dry_run_lines(spec: Any) -> tuple[list[str], int]:
         rest = [seed for seed in spec.seeds if seed not in s.seeds]
         rows = len(spec.selection_cells()) // (len(s.values) * len(s.seeds))
         lines.append(f"selection: {s.axis} over {list(s.values)} on seeds {list(s.seeds)} by validation {s.metric}; "
-                     f"then seeds {rest} at each row's chosen value: {len(spec.selection_cells())} selection cells, "
-                     f"then {rows * len(rest)} cells (every value's cell is listed and checked below)")
+                     f"then seeds {rest} at each row's chosen value, row by row: {len(spec.selection_cells())} "
+                     f"selection cells and {rows * len(rest)} further cells for {rows} rows "
+                     f"(every value's cell is listed and checked below)")
     for check in checks:
         axes = ", ".join(f"{k}={v}" for k, v in check.cell.axes.items())
         lines.append(f"  {check.cell.id}  {axes}")
