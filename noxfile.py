@@ -46,7 +46,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """On a machine with one CUDA GPU: bf16 training under DeepSpeed ZeRO-2 and ZeRO-3 (not part of CPU CI)."""
+    """On a machine with one CUDA GPU: bf16 training under DeepSpeed ZeRO-2 and ZeRO-3, tested, and the SFT
+    throughput and memory benchmark against peft LoRA (benchmarks/perf/gpu_sft.py; not part of CPU CI)."""
     session.install("--no-compile", *[p for p in RUNTIME if not p.startswith("torch")], "torch==2.13.0",
                     "deepspeed==0.19.8")
     session.install("--no-compile", "-e", "packages/triadapt[test]", "-e", "packages/triadapt-runner[test,deepspeed]")
@@ -54,6 +55,9 @@ def gpu(session: nox.Session) -> None:
                 "'nox -s gpu needs a CUDA GPU (torch.cuda.is_available() is False)')")
     session.run("pytest", "packages/triadapt-runner/tests/test_distributed.py", "-k", "gpu", "-rs",
                 *session.posargs, env=OFFLINE)
+    # SFT on SmolLM2 in bf16 under ZeRO-2 and ZeRO-3: tokens/s and peak memory against peft LoRA
+    session.run("python", "benchmarks/perf/gpu_sft.py", env={**OFFLINE, **os.environ})
+    session.run("python", "benchmarks/perf/report.py", env={**OFFLINE, **os.environ})  # its section of performance.md
 
 
 @nox.session

@@ -164,13 +164,34 @@ def llm_section(llm: dict) -> list[str]:
     return lines
 
 
+def gpu_section() -> list[str]:
+    lines = ["## On a CUDA GPU: SFT in bf16 under ZeRO-2 and ZeRO-3", ""]
+    if not (RESULTS / "gpu_sft.json").is_file():
+        return lines + ["`nox -s gpu` (`benchmarks/perf/gpu_sft.py`) trains SmolLM2-135M-Instruct SFT in bf16 under "
+                        "ZeRO-2 and ZeRO-3 on one CUDA GPU, peft LoRA vs TriAdaptLoRA at rank 8, and writes "
+                        "tokens/s and peak GPU memory here. **Not measured yet**: no CUDA GPU was available to the "
+                        "sessions that built it. Its path was checked on the CPU (`--smoke-on-cpu`, a tiny "
+                        "random Llama, bf16, both stages, both methods); CPU figures are not results.", ""]
+    g = load("gpu_sft")
+    lines += [f"{g['setup']}; {g['date']}, commit {g['commit']}, "
+              f"{next(iter(g['cells'].values()))['device']}.", "",
+              "| cell | tokens / s | peak GPU memory (MiB) | median step (s) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {c['tokens_per_s']:.0f} | {c['peak_memory_mib']:.0f} | {c['median_step_s']:.4f} |"
+              for name, c in g["cells"].items()]
+    lines.append("")
+    for stage, ratio in g["tokens_per_s_ratio"].items():
+        lines.append(f"* {stage}: TriAdaptLoRA / peft LoRA tokens per second **{ratio:.2f}×** (target ≥ "
+                     f"{g['target']}×: {'met' if ratio >= g['target'] else '**missed**'}).")
+    return lines + [""]
+
+
 def main() -> None:
     text = ["# Performance", "", "Measured by `nox -s bench` (the scripts in `benchmarks/perf/`), all methods side "
             "by side in one process on the same machine; the raw results are the JSON files in "
             "`benchmarks/perf/results/`. A CPU with 2 cores is the reference machine here.", ""]
     text += step_section(load("step_time")) + allocation_section(load("scorer_overhead"))
     text += inference_section(load("inference")) + memory_section(load("memory")) + cli_section(load("cli_latency"))
-    text += dispatch_section(load("dispatch")) + llm_section(load("llm"))
+    text += dispatch_section(load("dispatch")) + llm_section(load("llm")) + gpu_section()
     (DOCS / "performance.md").write_text("\n".join(text))
     print(f"wrote {DOCS / 'performance.md'}")
 
