@@ -31,7 +31,6 @@ def test_cell_ids_are_deterministic_and_follow_the_config():
     assert parse_grid(grid).spec_hash != parse_grid({**grid, "seeds": [0]}).spec_hash
 
 
-
 def test_cell_ids_survive_a_release_that_adds_a_config_field():
     """A new field with a default must not change finished cells' ids, or a rerun would not resume."""
     import dataclasses
@@ -53,6 +52,7 @@ def test_cell_ids_survive_a_release_that_adds_a_config_field():
                                                                            "seed": 7}})
     assert other_seed.config_hash() == cfg.config_hash()
     assert other_seed.config_hash(with_seed=True) != cfg.config_hash(with_seed=True)
+
 
 @pytest.mark.parametrize("path", sorted(ABLATIONS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_grids_parse(path, triadapt_registry):  # with the installed plugins (the IncreLoRA-style row's scorer)

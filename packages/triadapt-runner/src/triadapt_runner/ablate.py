@@ -186,7 +186,7 @@ def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce:
     """Choose each row's value from its finished selection runs; tag them; log ``selection.json`` on the parent.
 
     Every row with results is (re)chosen, so ``selection.json`` always covers the grid so far;
-    the choice of the row ``announce`` is printed.
+    the runs of the row ``announce`` are tagged and its choice is printed.
     """
     from triadapt_runner.data.tasks import TASKS
     from triadapt_runner.selection import choose
@@ -203,8 +203,8 @@ def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce:
             value = run.data.metrics[key]
             scores.setdefault(cell.row, {}).setdefault(cell.axes[select.axis], []).append(-value if lower else value)
     chosen = choose(select, scores)  # larger is better (a metric to minimise, such as perplexity, is negated)
-    for cell in spec.selection_cells():
-        if cell.id in finished and cell.row in chosen:
+    for cell in spec.selection_cells():  # earlier rows were tagged at their own turn
+        if cell.row == announce and cell.id in finished and cell.row in chosen:
             verdict = "chosen" if cell.axes[select.axis] == chosen[cell.row] else "rejected"
             tracker.set_tag(finished[cell.id].info.run_id, f"{T}selection", verdict)
     report = {"select": select.to_dict(), "note": "scores of metrics to minimise (perplexity) are negated", "rows": {

@@ -13,7 +13,8 @@
           adapter.structure: [lora, triangular]
     seeds: [0, 1, 2]
 
-A cell's id is a hash of its resolved config and seed, so an interrupted grid resumes.
+A cell's id is a hash of its seed and of the config fields that differ from their defaults
+(`RunConfig.config_hash`), so an interrupted grid resumes, also after an upgrade that adds a field.
 """
 
 from __future__ import annotations
