@@ -53,8 +53,8 @@ def test_gpt2_conv1d_peft_export_matches(tmp_path):
     ctl = inject(model, TriAdaptConfig(init_rank=2, threshold="none", seed=0))
     with torch.no_grad():
         for layer in ctl.layers.values():
-            for unit in layer.units:
-                unit.b.normal_(std=0.05)
+            for i in range(layer.capacity):
+                layer.unit(i)["b"].normal_(std=0.05)
     model.eval()
     ids = torch.randint(1, 200, (2, 10))
     with torch.no_grad():

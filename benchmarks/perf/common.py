@@ -49,7 +49,7 @@ def triadapt(structure: str = "triangular", rank: int = 8, targets: list[str] | 
         model = base_model()
         ctl = inject(model, TriAdaptConfig(structure=structure, init_rank=rank, ref_rank=rank, threshold="none",
                                            target_modules=targets or BERT_TARGETS, seed=0, orth_reg_weight=0.1))
-        return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss
+        return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss, ctl
     return build
 
 
@@ -59,7 +59,7 @@ def peft_lora(rank: int = 8, targets: list[str] | None = None) -> Method:
 
         model = get_peft_model(base_model(), LoraConfig(r=rank, lora_alpha=16, target_modules=targets or BERT_TARGETS,
                                                         task_type="SEQ_CLS"))
-        return model, [p for p in model.parameters() if p.requires_grad], None
+        return model, [p for p in model.parameters() if p.requires_grad], None, None
     return build
 
 
@@ -70,13 +70,13 @@ def peft_adalora() -> Method:
         model = get_peft_model(base_model(), AdaLoraConfig(init_r=12, target_r=8, tinit=0, tfinal=0, deltaT=10,
                                                            total_step=100_000, target_modules=BERT_TARGETS,
                                                            task_type="SEQ_CLS"))
-        return model, [p for p in model.parameters() if p.requires_grad], None
+        return model, [p for p in model.parameters() if p.requires_grad], None, None
     return build
 
 
 def full_finetune() -> tuple:
     model = base_model()
-    return model, list(model.parameters()), None
+    return model, list(model.parameters()), None, None
 
 
 OPTIM: dict = {"fused": True}  # the fastest AdamW for every method alike (TriAdapt has many small tensors)
@@ -86,7 +86,7 @@ class Setup:
     """A built method with its AdamW optimizer, ready to time training steps."""
 
     def __init__(self, build: Method):
-        self.model, params, self.extra = build()
+        self.model, params, self.extra, self.controller = build()
         self.optimizer = torch.optim.AdamW(params, lr=1e-4, **OPTIM)
         self.trainable = sum(p.numel() for p in params)
 
@@ -100,6 +100,8 @@ class Setup:
                 loss = loss + self.extra()
             loss.backward()
             self.optimizer.step()
+            if self.controller is not None:
+                self.controller.step(self.optimizer)  # growth bookkeeping and the fresh-unit refresh
             self.optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
         return times

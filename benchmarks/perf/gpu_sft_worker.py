@@ -74,7 +74,7 @@ for step in range(total):
     accelerator.backward(loss)
     adapted.before_optimizer_step()
     optimizer.step()
-    adapted.after_optimizer_step(step + 1)
+    adapted.after_optimizer_step(step + 1, optimizer)
     optimizer.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize()

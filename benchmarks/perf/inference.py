@@ -23,8 +23,8 @@ def merged_model():
     ctl = inject(model, TriAdaptConfig(init_rank=8, ref_rank=8, threshold="none", seed=0))
     with torch.no_grad():
         for layer in ctl.layers.values():
-            for unit in layer.units:
-                unit.b.normal_(std=0.02)  # a non-trivial update
+            for i in range(layer.capacity):
+                layer.unit(i)["b"].normal_(std=0.02)  # a non-trivial update
     return ctl.unload(merge=True)
 
 

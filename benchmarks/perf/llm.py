@@ -95,24 +95,26 @@ def sft_throughput(steps: int, rounds: int) -> dict:
         model = AutoModelForCausalLM.from_pretrained(path)
         if kind == "peft LoRA r=8":
             model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=DEFAULT_TARGETS["llama"]))
-            return model, [p for p in model.parameters() if p.requires_grad], None
+            return model, [p for p in model.parameters() if p.requires_grad], None, None
         ctl = triadapt.inject(model, triadapt.TriAdaptConfig(init_rank=8, ref_rank=8, threshold="none", seed=0))
-        return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss
+        return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss, ctl
 
     setups = {}
     for kind in ("peft LoRA r=8", "TriAdaptLoRA r=8"):
-        model, params, extra = build(kind)
-        setups[kind] = (model.train(), torch.optim.AdamW(params, lr=1e-4, fused=True), extra)
+        model, params, extra, ctl = build(kind)
+        setups[kind] = (model.train(), torch.optim.AdamW(params, lr=1e-4, fused=True), extra, ctl)
     times = {kind: [] for kind in setups}
     for round_index in range(rounds + 1):  # round 0 warms up
         order = list(setups) if round_index % 2 == 0 else list(reversed(setups))
         for kind in order:
-            model, optimizer, extra = setups[kind]
+            model, optimizer, extra, ctl = setups[kind]
             for _ in range(steps):
                 start = time.perf_counter()
                 loss = model(**batch).loss + (extra() if extra else 0)
                 loss.backward()
                 optimizer.step()
+                if ctl is not None:
+                    ctl.step(optimizer)  # the fresh-unit refresh, as in training
                 optimizer.zero_grad(set_to_none=True)
                 if round_index:
                     times[kind].append(time.perf_counter() - start)

@@ -1,6 +1,7 @@
 """Run by test_distributed under torchrun (2 processes): DDP with find_unused_parameters=True, as the runner
-sets it, must leave inactive rank units without gradient and untouched by AdamW (weight decay included),
-before and after growth events. Writes OUT/units<rank>.json."""
+sets it, must give inactive rank units (rows of the unit parameter) a zero gradient and, with the controller
+stepping after the optimizer, leave them untouched by AdamW (weight decay included), before and after growth
+events; active units get the same (averaged) gradient on both processes. Writes OUT/units<rank>.json."""
 
 import json
 import sys
@@ -23,14 +24,19 @@ x, y = toy_batch(seed=dist.get_rank())
 checks = []
 for step in range(8):
     torch.nn.functional.cross_entropy(ddp(x), y).backward()
-    inactive = [p for layer in ctl.layers.values() for u in list(layer.units)[layer.rank:] for p in u.parameters()]
-    active = [p for layer in ctl.layers.values() for u in layer.active_units() for p in u.parameters()]
-    before = [p.detach().clone() for p in inactive]
+    layers = list(ctl.layers.values())
+    ranks = [layer.rank for layer in layers]  # growth in ctl.step() comes after the refresh: compare these rows
+    before = [layer.units[r:].detach().clone() for layer, r in zip(layers, ranks)]
+    grads = [layer.units.grad for layer in layers]
+    active_grad = torch.cat([g[: layer.rank].flatten() for g, layer in zip(grads, layers)])
+    gathered = [torch.zeros_like(active_grad) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, active_grad)
     optimizer.step()
-    checks.append({"active_have_grads": all(p.grad is not None for p in active),
-                   "inactive_grads_none": all(p.grad is None for p in inactive),
-                   "inactive_unchanged": all(torch.equal(a, p) for a, p in zip(before, inactive)),
+    ctl.step(optimizer)
+    checks.append({"active_have_grads": all(bool(g[: layer.rank].any()) for g, layer in zip(grads, layers)),
+                   "active_grads_equal": all(torch.equal(gathered[0], g) for g in gathered),
+                   "inactive_grads_zero": all(torch.count_nonzero(g[layer.rank:]) == 0 for g, layer in zip(grads, layers)),
+                   "inactive_unchanged": all(torch.equal(b, layer.units[r:]) for b, layer, r in zip(before, layers, ranks)),
                    "total_rank": sum(ctl.ranks.values())})
     optimizer.zero_grad(set_to_none=True)
-    ctl.step()
 Path(sys.argv[1], f"units{dist.get_rank()}.json").write_text(json.dumps(checks))

@@ -46,9 +46,9 @@ class GradNormScorer(Scorer):
 
     def observe(self, layers, step):
         for name, layer in layers.items():
-            grads = [full_grad(p) for unit in layer.active_units() for p in unit.parameters()]
-            self.total[name] = self.total.get(name, 0.0) + sum(float(g.float().pow(2).sum()) for g in grads
-                                                               if g is not None)
+            grad = full_grad(layer.units)
+            if grad is not None:
+                self.total[name] = self.total.get(name, 0.0) + float(grad[: layer.rank].float().pow(2).sum())
 
     def scores(self, layers):
         return {name: self.total.get(name, 0.0) for name in layers}

@@ -87,9 +87,9 @@ def test_adalora_allocates_after_every_optimizer_step_never_per_micro_batch(tmp_
     seen = []
     original = AdaLoraAdapted.after_optimizer_step
 
-    def spy(self, step):
+    def spy(self, step, optimizer):
         seen.append((step, self.model.base_model.rankallocator.peft_config.total_step))
-        return original(self, step)
+        return original(self, step, optimizer)
 
     monkeypatch.setattr(AdaLoraAdapted, "after_optimizer_step", spy)
     cfg = RunConfig.from_dict({"task": "rotten_tomatoes", **TINY, "approach": "peft-adalora",

@@ -32,8 +32,8 @@ def test_identity_core_keeps_delta_zero_at_start_and_equals_ba_plus_draw():
     layer = layer_with("identity")
     assert torch.count_nonzero(layer.factors().delta_weight()) == 0  # B = 0 for the initial units
     with torch.no_grad():
-        for unit in layer.units:
-            unit.b.copy_(torch.arange(4.0) - 1.5)
+        for i in range(layer.capacity):
+            layer.unit(i)["b"].copy_(torch.arange(4.0) - 1.5)
     f = layer.factors()
     expected = f.up @ f.down + f.up @ (f.core - torch.eye(3)) @ f.down  # B A + B (draw) A
     torch.testing.assert_close(f.delta_weight(), expected, rtol=1e-6, atol=1e-7)
@@ -45,7 +45,7 @@ def test_identity_scores_read_the_learned_part_only():
     with torch.no_grad():
         for i, entries in values.items():
             for key, vals in entries.items():
-                getattr(layer.units[i], key).copy_(torch.tensor(vals))
+                layer.unit(i)[key].copy_(torch.tensor(vals))
     # D = L + U = [[2,5],[2,3]]; D − I = [[1,5],[2,2]], ‖D − I‖²_F = 1+25+4+4 = 34
     assert FrobeniusScorer("s", "r").normalised_norm(layer) == pytest.approx(math.sqrt(34) / 2, rel=1e-6)
 

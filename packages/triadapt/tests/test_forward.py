@@ -16,13 +16,13 @@ def hand_factors(layer: AdapterLayer):
     B = torch.zeros(layer.out_features, r)
     L, U = torch.zeros(r, r), torch.zeros(r, r)
     for i in range(r):
-        unit = layer.units[i]
-        A[i] = unit.a.detach()
-        B[:, i] = unit.b.detach()
-        if hasattr(unit, "l"):
+        unit = layer.unit(i)
+        A[i] = unit["a"].detach()
+        B[:, i] = unit["b"].detach()
+        if "l" in unit:
             for j in range(i + 1):
-                L[i, j] = unit.l[j].detach()  # row i of L, up to the diagonal
-                U[j, i] = unit.u[j].detach()  # column i of U, down to the diagonal
+                L[i, j] = unit["l"][j].detach()  # row i of L, up to the diagonal
+                U[j, i] = unit["u"][j].detach()  # column i of U, down to the diagonal
     return A, B, L, U
 
 
@@ -32,8 +32,8 @@ def make_layer(structure, rank, capacity=6):
     layer = AdapterLayer(base, structure, init_rank=rank, capacity=capacity, lora_alpha=ALPHA, dropout=0.0,
                          init_std=0.3, eps=EPS)
     with torch.no_grad():  # give B non-zero values so that the update is not trivially zero
-        for unit in layer.units:
-            unit.b.normal_()
+        for i in range(layer.capacity):
+            layer.unit(i)["b"].normal_()
     return layer
 
 
@@ -66,17 +66,18 @@ def test_initial_update_is_zero_but_b_gets_gradient():
     x = torch.randn(3, 7)
     torch.testing.assert_close(layer(x), layer.base_layer(x))
     layer(x).sum().backward()
-    assert layer.units[0].b.grad.abs().sum() > 0
-    assert layer.units[0].a.grad.abs().sum() == 0  # B = 0 blocks the gradient of A at step 0
-    assert layer.units[3].b.grad is None  # inactive units are not in the graph
+    grad = layer.units.grad
+    assert layer.unit(0, grad)["b"].abs().sum() > 0
+    assert layer.unit(0, grad)["a"].abs().sum() == 0  # B = 0 blocks the gradient of A at step 0
+    assert torch.count_nonzero(grad[2:]) == 0  # inactive units take no part in the forward
 
 
 def test_grown_units_are_gaussian_including_b():
     gen = torch.Generator().manual_seed(0)
     layer = AdapterLayer(torch.nn.Linear(300, 400), TriangularStructure(), init_rank=1, capacity=3, lora_alpha=ALPHA,
                          dropout=0.0, init_std=0.02, eps=EPS, generator=gen)
-    assert torch.count_nonzero(layer.units[0].b) == 0
-    grown_b = layer.units[1].b
+    assert torch.count_nonzero(layer.unit(0)["b"]) == 0
+    grown_b = layer.unit(1)["b"]
     assert abs(float(grown_b.detach().std()) - 0.02) < 0.003 and abs(float(grown_b.detach().mean())) < 0.003
 
 
@@ -84,8 +85,8 @@ def test_dropout_applies_to_adapter_input_only():
     layer = AdapterLayer(torch.nn.Linear(7, 5), LoraStructure(), init_rank=2, capacity=2, lora_alpha=ALPHA,
                          dropout=0.5, init_std=0.3, eps=EPS)
     with torch.no_grad():
-        for unit in layer.units:
-            unit.b.normal_()
+        for i in range(layer.capacity):
+            layer.unit(i)["b"].normal_()
     x = torch.randn(64, 7)
     layer.eval()
     eval_out = layer(x)
@@ -102,10 +103,23 @@ def test_bf16_base_keeps_fp32_adapter():
     layer = AdapterLayer(base, TriangularStructure(), init_rank=2, capacity=2, lora_alpha=ALPHA, dropout=0.0,
                          init_std=0.3, eps=EPS)
     with torch.no_grad():
-        for unit in layer.units:
-            unit.b.normal_()
+        for i in range(layer.capacity):
+            layer.unit(i)["b"].normal_()
     x = torch.randn(3, 7, dtype=torch.bfloat16)
     out = layer(x)
-    assert out.dtype == torch.bfloat16 and layer.units[0].a.dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and layer.unit(0)["a"].dtype == torch.float32
     expected = base(x).float() + x.float() @ layer.delta_weight().T
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("structure", [TriangularStructure(), LoraStructure()], ids=["triangular", "lora"])
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_row_assembly_equals_per_unit_assembly(structure, rank):
+    """The fast path (slices of the unit rows) against the per-unit path a plugin structure gets."""
+    layer = make_layer(structure, rank)
+    fast = structure.assemble_rows(layer.units[:rank], layer.layout)
+    slow = structure.assemble([layer.unit(i) for i in range(rank)])
+    torch.testing.assert_close(fast.down, slow.down, rtol=0, atol=0)
+    torch.testing.assert_close(fast.up, slow.up, rtol=0, atol=0)
+    if structure.name == "triangular":
+        torch.testing.assert_close(fast.core, slow.core, rtol=0, atol=0)

@@ -79,7 +79,7 @@ def build_pair(structure, increment, seed=0):
     ctl = inject(ToyModel(), config)
     oracles = {}
     for name, layer in ctl.layers.items():
-        snapshot = [{k: v.detach().clone() for k, v in u.named_parameters()} for u in layer.units]
+        snapshot = [{k: v.detach().clone() for k, v in layer.unit(i).items()} for i in range(layer.capacity)]
         base = copy.deepcopy(layer.base_layer)
         oracle = OracleLinear(base, snapshot, config.lora_alpha, config.eps, structure == "triangular")
         parent, _, child = name.rpartition(".")
@@ -94,15 +94,18 @@ def build_pair(structure, increment, seed=0):
 
 @pytest.mark.parametrize("structure", ["triangular", "lora"])
 @pytest.mark.parametrize("increment", [1, 2])
-@pytest.mark.parametrize("implementation", [{"foreach": False}, {"foreach": True}, {"fused": True}],
-                         ids=["for-loop", "foreach", "fused"])
+@pytest.mark.parametrize("implementation", [{"foreach": False}, {"foreach": True}, {"fused": True},
+                                            {"foreach": True, "amsgrad": True, "adam": True}],
+                         ids=["for-loop", "foreach", "fused", "adam-l2-amsgrad"])
 def test_static_storage_matches_appending_oracle(structure, increment, implementation):
     ctl, oracle_model, oracles = build_pair(structure, increment)
+    implementation = dict(implementation)
+    kind = torch.optim.Adam if implementation.pop("adam", False) else torch.optim.AdamW
     hyper = dict(lr=2e-2, weight_decay=0.05, betas=(0.9, 0.999), **implementation)
-    opt_static = torch.optim.AdamW(list(ctl.trainable_parameters()), **hyper)
+    opt_static = kind(list(ctl.trainable_parameters()), **hyper)
     ctl.attach(opt_static)
     initial = [p for o in oracles.values() for p in o.grow(1)]
-    opt_oracle = torch.optim.AdamW(initial + list(oracle_model.classifier.parameters()), **hyper)
+    opt_oracle = kind(initial + list(oracle_model.classifier.parameters()), **hyper)
 
     for step in range(24):
         x, y = toy_batch(seed=step)
@@ -133,13 +136,70 @@ def test_static_storage_matches_appending_oracle(structure, increment, implement
     torch.testing.assert_close(ctl.model(x), oracle_model(x), rtol=0, atol=1e-6)
 
 
-def test_inactive_units_untouched_by_weight_decay():
+@pytest.mark.parametrize("optimizer", [
+    lambda params: torch.optim.AdamW(params, lr=0.1, weight_decay=0.5),
+    lambda params: torch.optim.Adam(params, lr=0.1, weight_decay=0.5),  # L2 through the gradient
+    lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.5),
+], ids=["adamw", "adam-l2", "sgd-momentum"])
+def test_joining_units_start_from_initial_values_without_history(optimizer):
+    """Whatever the optimizer did to a reserved row while it waited, the unit joins as created then."""
     ctl, _, _ = build_pair("triangular", 1)
-    before = {n: l.units[-1].a.detach().clone() for n, l in ctl.layers.items()}
+    initial = {n: l.units.detach().clone() for n, l in ctl.layers.items()}
+    opt = optimizer(list(ctl.trainable_parameters()))
+    ctl.attach(opt)
+    for step in range(12):  # until the first growth event
+        x, y = toy_batch(seed=step)
+        nn.functional.cross_entropy(ctl.model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        if ctl.events:
+            break
+    assert ctl.events and ctl.events[-1].step == step + 1
+    for name, amount in ctl.events[-1].grown.items():
+        layer = ctl.layers[name]
+        joined = slice(layer.rank - amount, layer.rank)
+        assert torch.equal(layer.units[joined], initial[name][joined])
+        state = [t for t in opt.state[layer.units].values() if t.shape == layer.units.shape]
+        assert state and all(torch.count_nonzero(t[joined]) == 0 for t in state)
+        assert not torch.equal(layer.units[layer.rank:], initial[name][layer.rank:])  # still waiting: decayed
+
+
+def test_reserved_rows_decay_while_waiting_and_reset_when_joining_without_the_optimizer():
+    """``ctl.step()`` without the optimizer still resets a joining unit's values (its state is not reachable)."""
+    ctl, _, _ = build_pair("triangular", 1)
+    initial = {n: l.units.detach().clone() for n, l in ctl.layers.items()}
     opt = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=0.1, weight_decay=0.5)
-    x, y = toy_batch()
-    nn.functional.cross_entropy(ctl.model(x), y).backward()
-    opt.step()
+    for step in range(12):  # until the first growth event
+        x, y = toy_batch(seed=step)
+        nn.functional.cross_entropy(ctl.model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        if ctl.step() is not None:
+            break
+    layer_name, amount = next(iter(ctl.events[-1].grown.items()))
+    layer = ctl.layers[layer_name]
+    waited = (1 - 0.1 * 0.5) ** (step + 1)
+    torch.testing.assert_close(layer.units[layer.rank:], initial[layer_name][layer.rank:] * waited)
+    assert torch.equal(layer.units[layer.rank - amount:layer.rank], initial[layer_name][layer.rank - amount:layer.rank])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fused", [False, True])
+def test_bias_correction_touches_young_rows_only(dtype, fused):
+    """The correction of young rows leaves every other row bitwise unchanged (float32 too)."""
+    torch.set_default_dtype(dtype)
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=ToyModel.targets, init_rank=2, ref_rank=3, max_rank=6,
+                                            seed=0, threshold="none"))
+    for layer in ctl.layers.values():
+        layer.grow(2, step=1)  # rows 2, 3 joined after step 1: at step 3 their age is 2, the parameter's 3
+    opt = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2, weight_decay=0.01, fused=fused)
+    for step in range(3):
+        x, y = toy_batch(seed=step)
+        nn.functional.cross_entropy(ctl.model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    before = {n: l.units.detach().clone() for n, l in ctl.layers.items()}
+    ctl.refresher(opt, 3)
     for name, layer in ctl.layers.items():
-        assert torch.equal(layer.units[-1].a, before[name])
-        assert layer.units[-1].a not in opt.state
+        assert torch.equal(layer.units[:2], before[name][:2]) and torch.equal(layer.units[4:], before[name][4:])
+        assert not torch.equal(layer.units[2:4], before[name][2:4])

@@ -203,7 +203,7 @@ def test_inline_structure_trains_by_name(with_diagonal):
     ctl = inject(ToyModel(), config(structure="diagonal"))
     losses = train(ctl, 9)
     assert ctl.events and losses[-1] < losses[0]
-    assert "s" in dict(ctl.layers["blocks.0.query"].units[0].named_parameters())
+    assert "s" in ctl.layers["blocks.0.query"].unit(0)
 
 
 class GradientCounter(RankScorer):
@@ -218,8 +218,9 @@ class GradientCounter(RankScorer):
     def observe(self, layers, step):
         from triadapt.gradients import full_grad
 
-        grads = [full_grad(p) for layer in layers.values() for u in layer.active_units() for p in u.parameters()]
-        self.seen.append((step, all(g is not None for g in grads)))
+        grads = [full_grad(layer.units) for layer in layers.values()]
+        self.seen.append((step, all(g is not None and bool(g[: layer.rank].any())
+                                    for g, layer in zip(grads, layers.values()))))
 
 
 class GradientPlugin:

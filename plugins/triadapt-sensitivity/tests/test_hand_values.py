@@ -21,13 +21,14 @@ def test_scalar_emas_by_hand():
                          dropout=0.0, init_std=0.1, eps=1e-5)
     scorer = SensitivityScorer(0.85, 0.85)
     for step in (1, 2):
-        for p in layer.units[0].parameters():
+        layer.units.grad = torch.zeros_like(layer.units)  # as a backward gives it: zero on the reserved unit
+        for p, g in zip(layer.unit(0).values(), layer.unit(0, layer.units.grad).values()):
             with torch.no_grad():
                 p.fill_(2.0)
-            p.grad = torch.full_like(p, 0.5)
+            g.fill_(0.5)
         scorer.observe({"m": layer}, step)
     assert scorer.scores({"m": layer})["m"] == pytest.approx(0.060148125, rel=1e-6)
-    assert layer.units[1].a.grad is None and "m/1/a" not in scorer.ipt  # inactive units are not observed
+    assert torch.count_nonzero(scorer.ipt["m"][1:]) == 0  # the inactive unit's averages stay zero
 
 
 def test_toy_training_matches_recorded_weights_and_gradients():
@@ -41,10 +42,10 @@ def test_toy_training_matches_recorded_weights_and_gradients():
         torch.nn.functional.cross_entropy(ctl.model(x), y).backward()
         optimizer.step()
         for name, layer in ctl.layers.items():
-            for i, unit in enumerate(layer.active_units()):
-                for key, p in unit.named_parameters():
+            for i in range(layer.rank):
+                for key, p in layer.unit(i).items():
                     k = f"{name}/{i}/{key}"
-                    now = (p.detach() * p.grad).abs()
+                    now = (p.detach() * layer.unit(i, layer.units.grad)[key]).abs()
                     ipt = 0.7 * expected_ipt.get(k, torch.zeros_like(now)) + 0.3 * now
                     expected_unc[k] = 0.6 * expected_unc.get(k, torch.zeros_like(now)) + 0.4 * (now - ipt).abs()
                     expected_ipt[k] = ipt

@@ -1,10 +1,11 @@
 """Process setup for single-process, DDP and DeepSpeed (ZeRO 0-3) runs; the same loop serves all.
 
-* DDP (``accelerate launch --multi_gpu``, ``torchrun``): inactive rank units take no part in the
-  forward, so DDP runs with ``find_unused_parameters=True``; their gradients stay None.
+* DDP (``accelerate launch --multi_gpu``, ``torchrun``): a matrix's rank units are the rows of
+  one parameter; inactive rows get a zero gradient. DDP runs with ``find_unused_parameters=True``
+  (a layer of rank 0, or a method's unused head, takes no part in the forward).
 * DeepSpeed (``train.zero_stage`` or ``train.deepspeed_config``): accelerate's DeepSpeed plugin.
-  Rank units are small vectors; under ZeRO-3 they are kept whole on every process (DeepSpeed's
-  parameter persistence threshold is raised above the largest unit) while the base weights are
+  The unit parameters are small; under ZeRO-3 they are kept whole on every process (DeepSpeed's
+  parameter persistence threshold is raised above the largest one) while the base weights are
   partitioned, so scores, growth and the regulariser always see the true factors. The runner
   checks that after ``deepspeed.initialize`` and installs a ZeRO-aware gradient accessor.
 * CPU runs use the gloo backend. Unsupported setups (FSDP, fp16) fail before training.
@@ -161,7 +162,7 @@ def save_adapter(ctl: Any, path: Any, accelerator: Accelerator) -> None:
     from triadapt.persistence import WEIGHTS_FILE, adapter_tensors
 
     params = [p for h in ctl.heads for p in ctl.model.get_submodule(h).parameters()]
-    params += [p for layer in ctl.layers.values() for p in layer.units.parameters()]
+    params += [layer.units for layer in ctl.layers.values()]
     with _gathered(accelerator, params):
         if accelerator.is_main_process:
             ctl.save(path)

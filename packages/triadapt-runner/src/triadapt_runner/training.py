@@ -197,7 +197,7 @@ def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor
         adapted.before_optimizer_step()
         engine.step()  # clipping (from the DeepSpeed config), optimizer step, zero_grad
         scheduler.step()  # accelerate keeps our LambdaLR outside the engine
-        return True, adapted.after_optimizer_step(step)
+        return True, adapted.after_optimizer_step(step, engine.optimizer)
     accelerator.backward(loss)
     if sync:
         adapted.before_optimizer_step()
@@ -205,7 +205,7 @@ def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
-    event = adapted.after_optimizer_step(step) if sync else None
+    event = adapted.after_optimizer_step(step, optimizer) if sync else None
     optimizer.zero_grad(set_to_none=True)
     return sync, event
 

@@ -109,20 +109,20 @@ class Allocator:
         k = min(k, len(growable))
         scores = checked_scores(self.scorer, self.layers)
         chosen = sorted(growable, key=lambda name: (-scores[name], self.order[name]))[:k]
-        grown = self.grow(chosen, remaining)
+        grown = self.grow(chosen, remaining, step)
         event = GrowthEvent(step=step, k=k, grown=grown, budget_before=remaining,
                             budget_left=self.remaining_budget(), scores=scores)
         self.events.append(event)
         return event
 
-    def grow(self, chosen: list[str], remaining: int) -> dict[str, int]:
+    def grow(self, chosen: list[str], remaining: int, step: int | None = None) -> dict[str, int]:
         grown: dict[str, int] = {}
         for name in chosen:
             layer = self.layers[name]
             amount = min(self.config.rank_increment, layer.capacity - layer.rank, remaining)
             if amount <= 0:
                 break
-            layer.set_rank(layer.rank + amount)
+            layer.grow(amount, self.step_count if step is None else step)
             remaining -= amount
             grown[name] = amount
         return grown
@@ -142,8 +142,16 @@ class Allocator:
             missing, extra = sorted(set(self.layers) - set(ranks)), sorted(set(ranks) - set(self.layers))
             raise ValueError(f"allocator state does not fit these adapters: missing {missing[:3]}, "
                              f"unexpected {extra[:3]}")
+        events = [GrowthEvent(**event) for event in state["events"]]
         for name, rank in ranks.items():
-            self.layers[name].set_rank(int(rank))
+            layer = self.layers[name]
+            layer.set_rank(int(rank))
+            layer.births = [0] * layer.capacity
+            grown = layer.init_rank
+            for event in events:  # rows join in order: replaying the events gives each row its step
+                amount = event.grown.get(name, 0)
+                layer.births[grown:grown + amount] = [event.step] * amount
+                grown += amount
         self.step_count = self.observed_step = int(state["step"])
         self.scorer.load_state_dict(state["scorer"])
-        self.events = [GrowthEvent(**event) for event in state["events"]]
+        self.events = events

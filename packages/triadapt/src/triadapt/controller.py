@@ -9,7 +9,9 @@ A plain PyTorch loop::
         loss = model(**batch).loss + ctl.orthogonal_loss()
         loss.backward(); optimizer.step(); optimizer.zero_grad()
 
-Without ``attach``, call ``ctl.step()`` once after each optimizer step instead.
+Without ``attach``, call ``ctl.step(optimizer)`` once after each optimizer step instead. Either
+way the controller also gives every grown unit a fresh start in the optimizer
+(`triadapt.fresh_units`); ``ctl.step()`` without the optimizer skips that.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from triadapt.allocator import Allocator, GrowthEvent
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import TriAdaptError
+from triadapt.fresh_units import UnitRefresher
 from triadapt.layer import AdapterLayer
 from triadapt.planning import InjectionPlan, plan_injection
 from triadapt.plugins.registry import Registry, registry as current_registry
@@ -88,6 +91,7 @@ class Controller:
         threshold = plan.threshold if plan else registry.create("threshold", config.threshold, config)
         self.allocator = Allocator(self.layers, config, scorer, threshold)
         scorer.initialize(self.layers)
+        self.refresher = UnitRefresher(self.layers)
         self._hook: Any = None
 
     # -- growth -----------------------------------------------------------------------------------
@@ -113,18 +117,25 @@ class Controller:
         """Raise if the growth schedule cannot work; return the planned events (`triadapt.schedule`)."""
         return self.allocator.validate_schedule()
 
-    def step(self) -> GrowthEvent | None:
-        """Call once after every optimizer step (not per micro-batch). Returns the growth event, if any."""
+    def step(self, optimizer: Any = None) -> GrowthEvent | None:
+        """Call once after every optimizer step (not per micro-batch). Returns the growth event, if any.
+
+        Pass the optimizer (or its accelerate wrapper) so that reserved and young units stay as
+        fresh as new parameters would be (`triadapt.fresh_units`).
+        """
         if self._hook is not None:
             raise TriAdaptError("this controller is attached to an optimizer, which already calls step(); "
                                 "do not call step() by hand as well")
-        return self._step()
+        return self._step(optimizer)
 
-    def _step(self) -> GrowthEvent | None:
+    def _step(self, optimizer: Any = None) -> GrowthEvent | None:
+        if optimizer is not None:
+            self.refresher(optimizer, self.allocator.step_count + 1)
         if self.allocator.step_count == 0:
             self.allocator.validate_schedule()
         event = self.allocator.step()
         if event is not None:
+            self.refresher.reset_joining(optimizer, event.grown)  # joining units: initial values, no history
             context = {"step": event.step, "total_rank": self.allocator.total_rank(),
                        "budget": self.allocator.initial_budget}
             self.registry.notify_growth(event, self.ranks, context)
@@ -143,7 +154,7 @@ class Controller:
         """Run ``step()`` automatically after each ``optimizer.step()``."""
         if self._hook is not None:
             raise TriAdaptError("this controller is already attached to an optimizer")
-        self._hook = optimizer.register_step_post_hook(lambda *_: self._step())
+        self._hook = optimizer.register_step_post_hook(lambda opt, *_: self._step(opt))
 
     def detach(self) -> None:
         if self._hook is not None:
@@ -162,13 +173,17 @@ class Controller:
         return (p for p in self.model.parameters() if p.requires_grad)
 
     def parameter_counts(self) -> dict[str, int]:
-        """trainable (all reserved adapter units + heads), reserved, active adapter and head counts."""
-        reserved = sum(p.numel() for layer in self.layers.values() for p in layer.units.parameters())
-        active = sum(p.numel() for layer in self.layers.values() for unit in layer.active_units()
-                     for p in unit.parameters())
+        """trainable (all reserved adapter units + heads), reserved, active adapter and head counts.
+
+        Counts are of the units' own entries: the zero padding of the unit rows
+        (`triadapt.unit_storage`) is storage, not parameters, and is left out.
+        """
+        reserved = sum(layer.unit_numel(layer.capacity) for layer in self.layers.values())
+        active = sum(layer.unit_numel() for layer in self.layers.values())
         head = sum(p.numel() for h in self.heads for p in self.model.get_submodule(h).parameters())
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
+        padding = sum(layer.units.numel() for layer in self.layers.values()) - reserved
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) - padding
+        total = sum(p.numel() for p in self.model.parameters()) - padding
         return {"trainable": trainable, "reserved_adapter": reserved, "active_adapter": active,
                 "heads": head, "total": total}
 

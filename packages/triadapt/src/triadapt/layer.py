@@ -1,9 +1,9 @@
 """`AdapterLayer`: wraps one `nn.Linear` (or GPT-2 `Conv1D`) with a growable adapter.
 
 Forward (paper Eq. 5): ``h = W0 x + α / (r + ε) · B (L + U) A · dropout(x)`` with r the
-*current* rank. Every rank unit up to the reserved capacity exists as parameters from
-construction on; growth only raises the integer ``rank``, and units beyond it take no part
-in the forward, so they get no gradient (``grad is None``) and optimizers skip them.
+*current* rank. Every rank unit up to the reserved capacity exists from construction on, as
+a row of one parameter per matrix; growth only raises the integer ``rank``, and rows beyond
+it take no part in the forward, so their gradient is zero.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from triadapt.structures import Factors, Structure
+from triadapt.unit_storage import UnitLayout
 
 UNITS_ATTR = "triadapt_units"
+RESERVE_ATTR = "triadapt_reserve"
 
 
 def base_shape(base: nn.Module) -> tuple[int, int]:
@@ -38,20 +40,15 @@ def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
-class RankUnit(nn.Module):
-    """The parameters that one unit of rank adds (names given by the structure)."""
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        super().__init__()
-        for key, shape in shapes.items():
-            self.register_parameter(key, nn.Parameter(torch.empty(shape)))
-
-    def tensors(self) -> dict[str, Tensor]:
-        return dict(self.named_parameters(recurse=False))
-
-
 class AdapterLayer(nn.Module):
-    """A frozen base layer plus a TriAdaptLoRA adapter of growable rank."""
+    """A frozen base layer plus a TriAdaptLoRA adapter of growable rank.
+
+    The rank units live in one parameter, ``triadapt_units`` of shape ``(capacity, width)``,
+    one row per unit (`triadapt.unit_storage`). Rows at or beyond the rank take no part in the
+    forward, so their gradient is zero; ``triadapt_reserve`` (a buffer of the same shape, not
+    saved) keeps their initial values so that `triadapt.fresh_units` can undo what an optimizer
+    does to them.
+    """
 
     def __init__(self, base_layer: nn.Module, structure: Structure, *, init_rank: int, capacity: int,
                  lora_alpha: float, dropout: float, init_std: float, eps: float,
@@ -61,22 +58,34 @@ class AdapterLayer(nn.Module):
         self.structure = structure
         self.in_features, self.out_features = base_shape(base_layer)
         self.lora_alpha, self.eps, self.capacity = float(lora_alpha), float(eps), int(capacity)
-        self.rank = int(init_rank)
+        self.init_rank = self.rank = int(init_rank)
         self.merged = False
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        units = []
+        self.layout = UnitLayout.build(structure, self.capacity, self.in_features, self.out_features)
+        units = torch.zeros(self.capacity, self.layout.width)
         for index in range(self.capacity):
-            unit = RankUnit(structure.unit_shapes(index, self.in_features, self.out_features))
-            structure.init_unit(index, unit.tensors(), initial=index < init_rank, std=init_std, generator=generator)
-            units.append(unit)
-        setattr(self, UNITS_ATTR, nn.ModuleList(units))
-        self._unit_tensors: list[dict[str, Tensor]] | None = None  # per-unit parameter dicts, built once
-        self._cached_factors: tuple[Factors, tuple[int, ...]] | None = None  # last training forward's factors
+            structure.init_unit(index, self.layout.unit_views(units[index], index), initial=index < init_rank,
+                                std=init_std, generator=generator)
+        self.register_parameter(UNITS_ATTR, nn.Parameter(units))
+        reserve = units.clone()
+        reserve[: self.init_rank] = 0.0  # rows that start active have nothing to return to
+        self.register_buffer(RESERVE_ATTR, reserve, persistent=False)
+        self._factor_rows = all(unit.get("a") == (self.in_features,) and unit.get("b") == (self.out_features,)
+                                for unit in self.layout.shapes)
+        self.births = [0] * self.capacity  # optimizer step after which each unit joined (0: from the start)
+        self._cached_factors: tuple[Factors, int] | None = None  # last training forward's factors
+        self._live_units: Tensor | None = None  # under ZeRO-3: a view of the units taken in the training forward
 
     # -- rank -------------------------------------------------------------------------------------
     @property
-    def units(self) -> nn.ModuleList:
+    def units(self) -> nn.Parameter:
+        """All reserved rank units, one per row: ``(capacity, layout.width)``."""
         return getattr(self, UNITS_ATTR)
+
+    @property
+    def reserve_full(self) -> Tensor:
+        """Initial values of the units, zero on rows below ``init_rank``: what a reserved unit holds until it joins."""
+        return getattr(self, RESERVE_ATTR)
 
     @property
     def scale(self) -> float:
@@ -88,32 +97,55 @@ class AdapterLayer(nn.Module):
         if self.merged:
             raise RuntimeError("cannot change the rank of a merged adapter: unmerge() first")
         self.rank = int(rank)
+        self.births[self.rank:] = [0] * (self.capacity - self.rank)  # rows above the rank are reserved again
         self._cached_factors = None
 
-    def active_units(self) -> Iterator[RankUnit]:
-        return iter(self.units[: self.rank])
+    def grow(self, amount: int, step: int) -> None:
+        """Activate the next ``amount`` units after optimizer step ``step`` (they start fresh from there)."""
+        old = self.rank
+        self.set_rank(old + amount)
+        self.births[old:old + amount] = [int(step)] * amount
+
+    def unit(self, index: int, rows: Tensor | None = None) -> dict[str, Tensor]:
+        """The tensors of unit ``index``: views of its row of ``rows`` (default the units themselves;
+        pass ``units.grad`` or an optimizer state tensor to see that unit's part of it)."""
+        return self.layout.unit_views((self.units if rows is None else rows)[index], index)
+
+    def active_units(self) -> Iterator[dict[str, Tensor]]:
+        return (self.unit(index) for index in range(self.rank))
+
+    def unit_numel(self, rank: int | None = None) -> int:
+        """Entries of the first ``rank`` units (default: the current rank), padding excluded."""
+        return sum(self.layout.numel(index) for index in range(self.rank if rank is None else rank))
+
+    def penalty_units(self) -> Tensor:
+        """The unit rows for the regulariser: the parameter, or under ZeRO-3 (which releases it after the
+        forward) the view the last training forward kept (consumed once)."""
+        live, self._live_units = self._live_units, None
+        return self.units if live is None else live
+
+    def gram_columns(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(start, width) of A and of Bᵀ inside the unit rows, if the structure stores them so (unit tensors
+        ``a`` of shape (n,) and ``b`` of shape (d,)); else None. The regulariser batches on it."""
+        if not self._factor_rows:
+            return None
+        return (self.layout.offsets["a"], self.in_features), (self.layout.offsets["b"], self.out_features)
 
     def factors(self) -> Factors:
-        """The active factors (differentiable views of the unit parameters)."""
+        """The active factors (differentiable views of the unit rows)."""
         if self.rank == 0:
             raise RuntimeError("an adapter of rank 0 has no factors")
-        if self._unit_tensors is None:
-            self._unit_tensors = [u.tensors() for u in self.units]
-        return self.structure.assemble(self._unit_tensors[: self.rank])
-
-    def _versions(self) -> tuple[int, ...]:
-        """In-place update counters of the active parameters: any optimizer step or copy changes them."""
-        return tuple(p._version for unit in (self._unit_tensors or [])[: self.rank] for p in unit.values())
+        return self.structure.assemble_rows(self.units.narrow(0, 0, self.rank), self.layout)
 
     def take_cached_factors(self) -> Factors | None:
         """Factors assembled by the last training forward if no active parameter changed since (consumed once)."""
         cached, self._cached_factors = self._cached_factors, None
-        if cached is None or cached[0].rank != self.rank or cached[1] != self._versions():
+        if cached is None or cached[0].rank != self.rank or cached[1] != self.units._version:
             return None
         return cached[0]
 
-    def _apply(self, fn, recurse=True):  # .to() / .half() may replace parameter tensors: rebuild the cache
-        self._unit_tensors, self._cached_factors = None, None
+    def _apply(self, fn, recurse=True):  # .to() / .half() may replace parameter tensors: drop the cache
+        self._cached_factors = self._live_units = None
         return super()._apply(fn, recurse)
 
     def delta_weight(self) -> Tensor:
@@ -127,10 +159,15 @@ class AdapterLayer(nn.Module):
             return result
         factors = self.factors()
         if self.training and torch.is_grad_enabled():
-            self._cached_factors = (factors, self._versions())  # the regulariser of this step may reuse them
-        adapter_in = self.dropout(x.to(factors.down.dtype))  # adapter math in the adapter dtype (fp32)
-        delta = factors.apply(adapter_in) * self.scale  # (..., d)
-        return result + delta.to(result.dtype)
+            self._cached_factors = (factors, self.units._version)  # the regulariser of this step may reuse them
+            if hasattr(self.units, "ds_status"):  # ZeRO-3 empties the parameter after the forward: keep a live view
+                self._live_units = self.units.view_as(self.units)
+        if x.dtype != factors.down.dtype:
+            x = x.to(factors.down.dtype)  # adapter math in the adapter dtype (fp32)
+        delta = factors.apply(self.dropout(x))  # (..., d), unscaled
+        if delta.dtype != result.dtype:
+            return result + (delta * self.scale).to(result.dtype)
+        return torch.add(result, delta, alpha=self.scale)
 
     # -- merge ------------------------------------------------------------------------------------
     def merge(self) -> None:

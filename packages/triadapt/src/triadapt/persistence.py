@@ -33,8 +33,8 @@ def adapter_tensors(controller: Any) -> dict[str, Tensor]:
     tensors: dict[str, Tensor] = {}
     for name, layer in controller.layers.items():
         for index, unit in enumerate(layer.active_units()):
-            for key, param in unit.named_parameters():
-                tensors[f"{name}.{UNITS_ATTR}.{index}.{key}"] = param.detach()
+            for key, tensor in unit.items():
+                tensors[f"{name}.{UNITS_ATTR}.{index}.{key}"] = tensor.detach()
     for head in controller.heads:
         for key, param in controller.model.get_submodule(head).named_parameters():
             tensors[f"{head}.{key}"] = param.detach()

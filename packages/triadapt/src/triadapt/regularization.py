@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from triadapt.layer import AdapterLayer
+from triadapt.unit_storage import rank_masks
 
 
 def gram_deviation(gram: Tensor, squared: bool) -> Tensor:
@@ -24,14 +25,76 @@ def gram_deviation(gram: Tensor, squared: bool) -> Tensor:
 
 
 def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False) -> Tensor:
-    """Mean of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F over all active adapters (unweighted by λ)."""
-    terms = []
+    """Mean of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F over all active adapters (unweighted by λ).
+
+    Matrices whose A and Bᵀ are column blocks of their unit rows (both built-in structures) are
+    handled in batches of the same layout (`GroupPenalty`); other structures go one by one.
+    """
+    groups: dict[tuple, list[tuple[int, Tensor]]] = {}
+    terms, total, count = [], None, 0
     for layer in layers:
         if layer.rank == 0 or layer.merged:
             continue
-        factors = layer.take_cached_factors() or layer.factors()  # reuse this step's forward when possible
-        terms.append(gram_deviation(factors.down @ factors.down.T, squared))  # (r, n) @ (n, r) -> (r, r)
-        terms.append(gram_deviation(factors.up.T @ factors.up, squared))  # (r, d) @ (d, r) -> (r, r)
-    if not terms:
+        columns = layer.gram_columns()
+        if columns is None:
+            factors = layer.take_cached_factors() or layer.factors()  # reuse this step's forward when possible
+            terms.append(gram_deviation(factors.down @ factors.down.T, squared).reshape(1))  # (r, r)
+            terms.append(gram_deviation(factors.up.T @ factors.up, squared).reshape(1))  # (r, r)
+            continue
+        units = layer.penalty_units()
+        groups.setdefault((tuple(units.shape), columns, units.dtype, units.device), []).append((layer.rank, units))
+    for (shape, columns, dtype, device), group in groups.items():
+        mask, eye = rank_masks(tuple(rank for rank, _ in group), shape[0], dtype, device)  # (G, cap, 1), (G, cap, cap)
+        value = GroupPenalty.apply(mask, eye, columns, squared, *(units for _, units in group))
+        total = value if total is None else total + value
+        count += len(columns) * len(group)
+    if terms:
+        extra = torch.cat(terms)
+        total = extra.sum() if total is None else total + extra.sum()
+        count += extra.numel()
+    if total is None:
         return torch.zeros(())
-    return torch.stack(terms).mean()
+    return total / count
+
+
+class GroupPenalty(torch.autograd.Function):
+    """Σ over a stack of matrices and over their A and Bᵀ blocks of ‖X Xᵀ − I_r‖_F (or its square).
+
+    The unit parameters are stacked at full capacity with rows beyond each matrix's rank set to
+    zero, so ``X Xᵀ − diag(mask)`` is the r×r deviation padded with zeros and has the same norm.
+    The gradient is written by hand (one tensor for the whole stack, then one view per matrix):
+    with E = X Xᵀ − I (symmetric) and f = ‖E‖_F, ∂f/∂X = 2 E X / f and ∂f²/∂X = 4 E X; rows
+    beyond the rank get zero because E is zero there. Checked against autograd (gradcheck).
+    """
+
+    @staticmethod
+    def forward(ctx, mask: Tensor, eye: Tensor, columns: tuple, squared: bool, *units: Tensor) -> Tensor:
+        rows = torch.stack(units) * mask  # (G, cap, width)
+        blocks, deviations, norms = [], [], []
+        total = rows.new_zeros(())
+        for start, width in columns:  # A (G, cap, n), then Bᵀ (G, cap, d)
+            block = rows.narrow(2, start, width)
+            deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, cap, cap)
+            norm = torch.linalg.vector_norm(deviation, dim=(1, 2))  # (G,)
+            total = total + (torch.sum(norm ** 2) if squared else torch.sum(norm))
+            blocks.append(block)
+            deviations.append(deviation)
+            norms.append(norm)
+        ctx.save_for_backward(*blocks, *deviations, *norms)
+        ctx.columns, ctx.squared, ctx.shape = columns, squared, rows.shape
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        saved, blocks_count = ctx.saved_tensors, len(ctx.columns)
+        blocks, deviations = saved[:blocks_count], saved[blocks_count:2 * blocks_count]
+        norms = saved[2 * blocks_count:]
+        out = blocks[0].new_zeros(ctx.shape)  # (G, cap, width)
+        for (start, width), block, deviation, norm in zip(ctx.columns, blocks, deviations, norms):
+            if ctx.squared:
+                scale = (4.0 * grad).expand_as(norm)
+            else:
+                scale = torch.where(norm > 0, 2.0 * grad / norm.clamp_min(torch.finfo(norm.dtype).tiny),
+                                    torch.zeros_like(norm))  # the norm's subgradient 0 at an exact optimum
+            out.narrow(2, start, width).copy_(torch.bmm(deviation, block) * scale[:, None, None])
+        return (None, None, None, None, *out.unbind(0))

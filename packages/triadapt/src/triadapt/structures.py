@@ -5,38 +5,51 @@ when the rank grows from ``i`` to ``i + 1``. For ``triangular`` (ΔW = B(L+U)A, 
 unit ``i`` holds row ``i`` of A (``a``, length n), column ``i`` of B (``b``, length d), row
 ``i`` of L up to the diagonal (``l``, length i+1) and column ``i`` of U down to the diagonal
 (``u``, length i+1): exactly the new entries of Eq. 6–9 (L_down + L_aug, U_up + U_aug).
-Units are separate tensors so that an optimizer sees a grown unit as a freshly created
-parameter (see DESIGN.md "Storage").
+A matrix stores its units as the rows of one parameter (`triadapt.unit_storage`); a
+structure either assembles the factors from those rows directly (``assemble_rows``, as both
+built-ins do: a few slices per matrix) or from per-unit views (``assemble``, the generic path
+a plugin structure gets for free).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from triadapt.unit_storage import UnitLayout, group_by_layout, rank_masks
 
-@dataclass
+
 class Factors:
-    """The assembled active factors of one matrix: ΔW = up @ core @ down (core may be absent)."""
+    """The assembled active factors of one matrix: ΔW = up @ core @ down (core may be absent).
 
-    down: Tensor  # A: (r, n)
-    up: Tensor  # B: (d, r)
-    core: Tensor | None = None  # D = L + U: (r, r)
+    ``down`` is A (r, n), ``up`` is B (d, r), ``core`` is D = L + U (r, r). A structure that holds
+    Bᵀ as rows may pass ``up_rows`` (r, d) instead of ``up``; ``up`` is then its transpose.
+    """
+
+    def __init__(self, down: Tensor, up: Tensor | None = None, core: Tensor | None = None, *,
+                 up_rows: Tensor | None = None):
+        if (up is None) == (up_rows is None):
+            raise ValueError("Factors needs exactly one of up (d, r) and up_rows (r, d)")
+        self.down, self.core, self._up, self._up_rows = down, core, up, up_rows
+
+    @property
+    def up(self) -> Tensor:
+        return self._up if self._up is not None else self._up_rows.t()
 
     @property
     def rank(self) -> int:
         return self.down.shape[0]
 
     def apply(self, x: Tensor) -> Tensor:
-        """B D A x computed right to left, never materialising ΔW."""
-        h = x @ self.down.T  # (..., n) @ (n, r) -> (..., r)
-        if self.core is not None:
-            h = h @ self.core.T  # (..., r) @ (r, r) -> (..., r)
-        return h @ self.up.T  # (..., r) @ (r, d) -> (..., d)
+        """B D A x computed as B ((D A) x), never materialising ΔW."""
+        down = self.down if self.core is None else self.core @ self.down  # (r, r) @ (r, n) -> (r, n)
+        h = torch.nn.functional.linear(x, down)  # (..., n) @ (n, r) -> (..., r)
+        if self._up_rows is not None:
+            return torch.matmul(h, self._up_rows)  # (..., r) @ (r, d) -> (..., d)
+        return torch.nn.functional.linear(h, self._up)
 
     def delta_weight(self) -> Tensor:
         """ΔW = B D A, shape (d, n) (unscaled)."""
@@ -61,6 +74,10 @@ class Structure(ABC):
     def assemble(self, units: Sequence[Mapping[str, Tensor]]) -> Factors:
         """Factors of the active rank from the active units (``len(units)`` is the rank)."""
 
+    def assemble_rows(self, rows: Tensor, layout: "UnitLayout") -> Factors:
+        """Factors from the active unit rows ``(rank, width)``; override to skip per-unit views."""
+        return self.assemble([layout.unit_views(rows[index], index) for index in range(rows.shape[0])])
+
     def init_unit(self, index: int, params: Mapping[str, Tensor], *, initial: bool, std: float,
                   generator: torch.Generator | None) -> None:
         """Fill a unit in place: every entry N(0, σ²), except B = 0 for the initial units (Eq. 6-9)."""
@@ -70,6 +87,10 @@ class Structure(ABC):
                     tensor.zero_()
                 else:
                     tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * std)
+
+    def importance_norms(self, layers: Sequence[Any]) -> list[Tensor]:
+        """``importance_norm`` of each layer's current factors (layers of rank ≥ 1); override to batch."""
+        return [self.importance_norm(layer.factors()) for layer in layers]
 
     def importance_norm(self, factors: Factors) -> Tensor:
         """The norm scorers normalise: ‖D‖_F of the core, else ‖BA‖_F from r×r Gram matrices."""
@@ -105,6 +126,21 @@ class TriangularStructure(Structure):
                 params["l"][index] += 0.5
                 params["u"][index] += 0.5
 
+    def importance_norms(self, layers: Sequence[Any]) -> list[Tensor]:
+        """All cores at once, per layout: stacked at full capacity, entries beyond each rank masked to zero."""
+        norms: dict[int, Tensor] = {}
+        for (shape, offsets, dtype, device), group in group_by_layout(layers).items():
+            cap, starts = group[0].layout.widths["l"], dict(offsets)
+            mask, eye = rank_masks(tuple(layer.rank for layer in group), shape[0], dtype, device)
+            units = torch.stack([layer.units for layer in group]) * mask  # rows >= rank zeroed
+            lower, upper_t = units.narrow(2, starts["l"], cap), units.narrow(2, starts["u"], cap)  # (G, cap, cap)
+            core = torch.tril(lower) + torch.tril(upper_t).transpose(1, 2)  # zero beyond the rank: tril keeps j <= i
+            if self.core_init == "identity":
+                core = core - eye  # the learned part, D − I_r
+            for layer, norm in zip(group, torch.linalg.matrix_norm(core)):
+                norms[id(layer)] = norm
+        return [norms[id(layer)] for layer in layers]
+
     def importance_norm(self, factors: Factors) -> Tensor:
         if self.core_init == "identity" and factors.core is not None:
             eye = torch.eye(factors.rank, dtype=factors.core.dtype, device=factors.core.device)
@@ -133,6 +169,14 @@ class TriangularStructure(Structure):
         core = core.index_put((cols, rows), upper, accumulate=True)  # + U
         return Factors(down=down, up=up, core=core)
 
+    def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
+        rank, cap = rows.shape[0], layout.widths["l"]
+        # one split: A (r, n), Bᵀ (r, d), then the first r columns of the l and u parts (the rest is padding)
+        down, up_rows, lower, _, upper_t, _ = rows.split(
+            [layout.widths["a"], layout.widths["b"], rank, cap - rank, rank, cap - rank], dim=1)
+        core = torch.tril(lower) + torch.tril(upper_t).t()  # L + U (row i of upper_t = column i of U)
+        return Factors(down=down, core=core, up_rows=up_rows)
+
 
 class LoraStructure(Structure):
     """ΔW = B A, the LoRA baseline (paper Table I), grown by appending rows of A / columns of B."""
@@ -146,3 +190,21 @@ class LoraStructure(Structure):
         down = torch.stack([u["a"] for u in units])  # (r, n)
         up = torch.stack([u["b"] for u in units], dim=1)  # (d, r)
         return Factors(down=down, up=up)
+
+    def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
+        down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=1)
+        return Factors(down=down, up_rows=up_rows)
+
+    def importance_norms(self, layers: Sequence[Any]) -> list[Tensor]:
+        """‖BA‖_F of all layers at once, per layout: tr(BᵀB AAᵀ) from masked full-capacity Gram matrices."""
+        norms: dict[int, Tensor] = {}
+        for (shape, offsets, dtype, device), group in group_by_layout(layers).items():
+            starts = dict(offsets)
+            mask, _ = rank_masks(tuple(layer.rank for layer in group), shape[0], dtype, device)
+            units = torch.stack([layer.units for layer in group]) * mask  # (G, cap, width), rows >= rank zeroed
+            down = units.narrow(2, starts["a"], group[0].in_features)  # (G, cap, n)
+            up_rows = units.narrow(2, starts["b"], group[0].out_features)  # (G, cap, d)
+            gram_a, gram_b = down @ down.transpose(1, 2), up_rows @ up_rows.transpose(1, 2)  # (G, cap, cap)
+            for layer, norm in zip(group, torch.sqrt(torch.clamp(torch.sum(gram_a * gram_b, dim=(1, 2)), min=0.0))):
+                norms[id(layer)] = norm
+        return [norms[id(layer)] for layer in layers]

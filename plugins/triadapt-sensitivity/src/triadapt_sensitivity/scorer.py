@@ -3,7 +3,9 @@
 After every optimizer step, for every active adapter entry w with gradient g:
 ``I = |w·g|``, ``Ī ← β1·Ī + (1−β1)·I``, ``Ū ← β2·Ū + (1−β2)·|I − Ī|``. At a growth event the
 score of a matrix is the mean of ``Ī·Ū`` over its active entries (IncreLoRA's module score).
-Entries that became active later start with zero averages, as freshly created ones would.
+Entries that became active later start with zero averages, as freshly created ones would: the
+statistics cover a matrix's whole unit parameter, and a reserved row's gradient is zero, so its
+averages stay exactly zero until it joins (and padding entries never count).
 """
 
 from __future__ import annotations
@@ -25,32 +27,26 @@ class SensitivityScorer(Scorer):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"strategy_options.sensitivity.{label}={beta!r} is invalid: must be in [0, 1)")
         self.beta1, self.beta2 = float(beta1), float(beta2)
-        self.ipt: dict[str, torch.Tensor] = {}  # Ī per entry, keyed "layer/unit/param"
+        self.ipt: dict[str, torch.Tensor] = {}  # Ī per entry of a matrix's unit rows, keyed by layer name
         self.unc: dict[str, torch.Tensor] = {}  # Ū per entry
-
-    def _active(self, layers: Layers):
-        for name, layer in layers.items():
-            for index, unit in enumerate(layer.active_units()):
-                for key, param in unit.named_parameters():
-                    yield f"{name}/{index}/{key}", param
 
     @torch.no_grad()
     def observe(self, layers: Layers, step: int) -> None:
         keys, params, grads = [], [], []
-        for key, param in self._active(layers):
-            grad = full_grad(param)
+        for name, layer in layers.items():
+            grad = full_grad(layer.units)
             if grad is None:
                 continue
-            if key not in self.ipt:  # fp32 statistics, also when DeepSpeed trains the units in bf16
-                self.ipt[key] = torch.zeros_like(param, dtype=torch.float32)
-                self.unc[key] = torch.zeros_like(param, dtype=torch.float32)
-            keys.append(key)
-            params.append(param.float())  # no copy for fp32 parameters
+            if name not in self.ipt:  # fp32 statistics, also when DeepSpeed trains the units in bf16
+                self.ipt[name] = torch.zeros_like(layer.units, dtype=torch.float32)
+                self.unc[name] = torch.zeros_like(layer.units, dtype=torch.float32)
+            keys.append(name)
+            params.append(layer.units.float())  # no copy for fp32 parameters
             grads.append(grad.float())
         if not keys:
             return
         ipts, uncs = [self.ipt[k] for k in keys], [self.unc[k] for k in keys]
-        now = torch._foreach_mul(params, grads)  # w ⊙ g
+        now = torch._foreach_mul(params, grads)  # w ⊙ g; 0 on reserved rows and padding (zero gradient)
         torch._foreach_abs_(now)  # I = |w ⊙ g|
         torch._foreach_mul_(ipts, self.beta1)
         torch._foreach_add_(ipts, now, alpha=1.0 - self.beta1)  # Ī ← β1 Ī + (1 − β1) I
@@ -63,13 +59,8 @@ class SensitivityScorer(Scorer):
     def scores(self, layers: Layers) -> dict[str, float]:
         out = {}
         for name, layer in layers.items():
-            total, count = 0.0, 0
-            for index, unit in enumerate(layer.active_units()):
-                for key, param in unit.named_parameters():
-                    entry = f"{name}/{index}/{key}"
-                    count += param.numel()
-                    if entry in self.ipt:
-                        total += float(torch.sum(self.ipt[entry] * self.unc[entry]))
+            count = layer.unit_numel()  # the active units' own entries
+            total = float(torch.sum((self.ipt[name] * self.unc[name])[: layer.rank])) if name in self.ipt else 0.0
             out[name] = total / count if count else 0.0
         return out
 

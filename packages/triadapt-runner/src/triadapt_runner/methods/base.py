@@ -49,7 +49,7 @@ class Adapted(ABC):
     def before_optimizer_step(self) -> None:
         """Gradients are complete (on every process); nothing has stepped yet."""
 
-    def after_optimizer_step(self, step: int) -> Any:
+    def after_optimizer_step(self, step: int, optimizer: Any) -> Any:
         """The optimizer has stepped; gradients are still there. Returns a growth event, if any."""
         return None
 

@@ -169,7 +169,7 @@ class AdaLoraAdapted(PeftAdapted):
         super().__init__(model, {name: settings["init_r"] for name in names}, settings["target_r"])
         self.settings, self.area, self.steps = settings, 0.0, 0
 
-    def after_optimizer_step(self, step: int) -> None:
+    def after_optimizer_step(self, step: int, optimizer: Any) -> None:
         self.model.base_model.update_and_allocate(step)  # between optimizer.step() and zero_grad(), per peft
         pattern = self.model.peft_config["default"].rank_pattern
         if pattern:

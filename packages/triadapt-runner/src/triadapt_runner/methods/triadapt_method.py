@@ -111,8 +111,8 @@ class TriAdaptAdapted(Adapted):
     def before_optimizer_step(self) -> None:
         self.ctl.observe_gradients()
 
-    def after_optimizer_step(self, step: int) -> Any:
-        return self.ctl.step()
+    def after_optimizer_step(self, step: int, optimizer: Any) -> Any:
+        return self.ctl.step(optimizer)  # also restores fresh-unit semantics in the optimizer (triadapt.fresh_units)
 
     def step_metrics(self) -> dict[str, float]:
         allocator = self.ctl.allocator
@@ -122,7 +122,7 @@ class TriAdaptAdapted(Adapted):
         return self.ctl.ranks
 
     def persistent_params(self) -> list[torch.nn.Parameter]:
-        return [p for layer in self.ctl.layers.values() for p in layer.units.parameters()]
+        return [layer.units for layer in self.ctl.layers.values()]
 
     def trained_parameters(self) -> int:
         counts = self.ctl.parameter_counts()

@@ -7,8 +7,9 @@
 * ``on_step_begin`` (gradients are zero then, before the first micro-batch of the step)
   back-propagates λ·R of the orthogonal regulariser once. Gradients add up, so this equals
   adding λ·R to the loss of the optimizer step, gradient clipping included.
-* ``on_step_end`` (after ``optimizer.step()``) calls ``controller.step()``: growth follows
-  optimizer steps, whatever ``gradient_accumulation_steps`` is.
+* ``on_step_end`` (after ``optimizer.step()``) calls ``controller.step(optimizer)``: growth
+  follows optimizer steps, whatever ``gradient_accumulation_steps`` is, and grown units stay
+  as fresh as new parameters in the Trainer's optimizer (`triadapt.fresh_units`).
 * ``on_save`` writes the controller state next to the checkpoint; resuming a checkpoint
   restores it.
 
@@ -53,7 +54,7 @@ class TriAdaptCallback(TrainerCallback):
         self.last_orthogonal_loss = float(loss.detach())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.controller.step()
+        self.controller.step(kwargs.get("optimizer"))
         if self.controller.step_count != state.global_step:
             raise TriAdaptError(f"controller step {self.controller.step_count} differs from the Trainer's "
                                 f"global_step {state.global_step}: was the controller also attached to the optimizer?")
