@@ -77,4 +77,4 @@ def test_batched_norms_equal_one_by_one(structure, core_init):
             layer.set_rank(1 + i % layer.capacity)  # every rank from 1 to the capacity
     batched = layers[0].structure.importance_norms(layers)
     alone = [layer.structure.importance_norm(layer.factors()) for layer in layers]
-    torch.testing.assert_close(torch.stack(batched), torch.stack(alone), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(batched), torch.stack(alone), rtol=1e-5, atol=1e-6)

@@ -71,18 +71,16 @@ class GroupPenalty(torch.autograd.Function):
     def forward(ctx, mask: Tensor, eye: Tensor, columns: tuple, squared: bool, *units: Tensor) -> Tensor:
         rows = torch.stack(units) * mask  # (G, cap, width)
         blocks, deviations, norms = [], [], []
-        total = rows.new_zeros(())
         for start, width in columns:  # A (G, cap, n), then Bᵀ (G, cap, d)
             block = rows.narrow(2, start, width)
             deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, cap, cap)
-            norm = torch.linalg.vector_norm(deviation, dim=(1, 2))  # (G,)
-            total = total + (torch.sum(norm ** 2) if squared else torch.sum(norm))
             blocks.append(block)
             deviations.append(deviation)
-            norms.append(norm)
+            norms.append(torch.linalg.vector_norm(deviation, dim=(1, 2)))  # (G,)
         ctx.save_for_backward(*blocks, *deviations, *norms)
         ctx.columns, ctx.squared, ctx.shape = columns, squared, rows.shape
-        return total
+        values = torch.cat(norms)
+        return torch.sum(values * values if squared else values)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -92,9 +90,8 @@ class GroupPenalty(torch.autograd.Function):
         out = blocks[0].new_zeros(ctx.shape)  # (G, cap, width)
         for (start, width), block, deviation, norm in zip(ctx.columns, blocks, deviations, norms):
             if ctx.squared:
-                scale = (4.0 * grad).expand_as(norm)
-            else:
-                scale = torch.where(norm > 0, 2.0 * grad / norm.clamp_min(torch.finfo(norm.dtype).tiny),
-                                    torch.zeros_like(norm))  # the norm's subgradient 0 at an exact optimum
-            out.narrow(2, start, width).copy_(torch.bmm(deviation, block) * scale[:, None, None])
+                scale = (4.0 * grad).reshape(1, 1, 1)
+            else:  # at an exact optimum E = 0, so E X = 0 whatever the (finite) scale
+                scale = (2.0 * grad / norm.clamp_min(torch.finfo(norm.dtype).tiny)).view(-1, 1, 1)
+            torch.mul(torch.bmm(deviation, block), scale, out=out.narrow(2, start, width))
         return (None, None, None, None, *out.unbind(0))

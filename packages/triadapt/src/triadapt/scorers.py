@@ -92,7 +92,7 @@ class FrobeniusScorer(Scorer):
         return float(norm) / NORMALISERS[self.normalisation](layer.rank)
 
     def normalised_norms(self, layers: Layers) -> dict[str, float]:
-        """``normalised_norm`` of every layer, computed in batches by the structure (one transfer)."""
+        """``normalised_norm`` of every layer, computed in batches by the structure (one transfer per batch)."""
         out = {name: 0.0 for name, layer in layers.items() if layer.rank == 0}
         by_structure: dict[int, list[tuple[str, AdapterLayer]]] = {}
         for name, layer in layers.items():
@@ -100,8 +100,7 @@ class FrobeniusScorer(Scorer):
                 by_structure.setdefault(id(layer.structure), []).append((name, layer))
         for group in by_structure.values():
             with torch.no_grad():
-                norms = group[0][1].structure.importance_norms([layer for _, layer in group])
-                values = [float(n) for n in norms] if len({n.dtype for n in norms}) > 1 else torch.stack(norms).tolist()
+                values = group[0][1].structure.importance_norms([layer for _, layer in group])
             for (name, layer), value in zip(group, values):
                 out[name] = value / NORMALISERS[self.normalisation](layer.rank)
         return {name: out[name] for name in layers}

@@ -88,9 +88,9 @@ class Structure(ABC):
                 else:
                     tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) * std)
 
-    def importance_norms(self, layers: Sequence[Any]) -> list[Tensor]:
+    def importance_norms(self, layers: Sequence[Any]) -> list[float]:
         """``importance_norm`` of each layer's current factors (layers of rank ≥ 1); override to batch."""
-        return [self.importance_norm(layer.factors()) for layer in layers]
+        return [float(self.importance_norm(layer.factors())) for layer in layers]
 
     def importance_norm(self, factors: Factors) -> Tensor:
         """The norm scorers normalise: ‖D‖_F of the core, else ‖BA‖_F from r×r Gram matrices."""
@@ -126,9 +126,9 @@ class TriangularStructure(Structure):
                 params["l"][index] += 0.5
                 params["u"][index] += 0.5
 
-    def importance_norms(self, layers: Sequence[Any]) -> list[Tensor]:
+    def importance_norms(self, layers: Sequence[Any]) -> list[float]:
         """All cores at once, per layout: stacked at full capacity, entries beyond each rank masked to zero."""
-        norms: dict[int, Tensor] = {}
+        norms: dict[int, float] = {}
         for (shape, offsets, dtype, device), group in group_by_layout(layers).items():
             cap, starts = group[0].layout.widths["l"], dict(offsets)
             mask, eye = rank_masks(tuple(layer.rank for layer in group), shape[0], dtype, device)
@@ -137,7 +137,7 @@ class TriangularStructure(Structure):
             core = torch.tril(lower) + torch.tril(upper_t).transpose(1, 2)  # zero beyond the rank: tril keeps j <= i
             if self.core_init == "identity":
                 core = core - eye  # the learned part, D − I_r
-            for layer, norm in zip(group, torch.linalg.matrix_norm(core)):
+            for layer, norm in zip(group, torch.linalg.matrix_norm(core).tolist()):
                 norms[id(layer)] = norm
         return [norms[id(layer)] for layer in layers]
 
@@ -195,9 +195,9 @@ class LoraStructure(Structure):
         down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=1)
         return Factors(down=down, up_rows=up_rows)
 
-    def importance_norms(self, layers: Sequence[Any]) -> list[Tensor]:
+    def importance_norms(self, layers: Sequence[Any]) -> list[float]:
         """‖BA‖_F of all layers at once, per layout: tr(BᵀB AAᵀ) from masked full-capacity Gram matrices."""
-        norms: dict[int, Tensor] = {}
+        norms: dict[int, float] = {}
         for (shape, offsets, dtype, device), group in group_by_layout(layers).items():
             starts = dict(offsets)
             mask, _ = rank_masks(tuple(layer.rank for layer in group), shape[0], dtype, device)
@@ -205,6 +205,7 @@ class LoraStructure(Structure):
             down = units.narrow(2, starts["a"], group[0].in_features)  # (G, cap, n)
             up_rows = units.narrow(2, starts["b"], group[0].out_features)  # (G, cap, d)
             gram_a, gram_b = down @ down.transpose(1, 2), up_rows @ up_rows.transpose(1, 2)  # (G, cap, cap)
-            for layer, norm in zip(group, torch.sqrt(torch.clamp(torch.sum(gram_a * gram_b, dim=(1, 2)), min=0.0))):
+            values = torch.sqrt(torch.clamp(torch.sum(gram_a * gram_b, dim=(1, 2)), min=0.0)).tolist()
+            for layer, norm in zip(group, values):
                 norms[id(layer)] = norm
         return [norms[id(layer)] for layer in layers]
