@@ -47,8 +47,12 @@ def triadapt(structure: str = "triangular", rank: int = 8, targets: list[str] | 
         from triadapt import TriAdaptConfig, inject
 
         model = base_model()
-        ctl = inject(model, TriAdaptConfig(structure=structure, init_rank=rank, ref_rank=rank, threshold="none",
-                                           target_modules=targets or BERT_TARGETS, seed=0, orth_reg_weight=0.1))
+        start = max(1, rank // 2)
+        ctl = inject(model, TriAdaptConfig(structure=structure, init_rank=start, ref_rank=rank, max_rank=rank,
+                                           threshold="none", target_modules=targets or BERT_TARGETS, seed=0,
+                                           orth_reg_weight=0.1))
+        for layer in ctl.layers.values():  # rank `rank`, the upper units joined after step 1: as in a growing
+            layer.grow(rank - start, step=1)  # run, the fresh-unit correction has young rows to work on
         return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss, ctl
     return build
 

@@ -33,8 +33,10 @@ def triadapt_growing():
     from triadapt import TriAdaptConfig, inject
 
     model = base_model()
-    ctl = inject(model, TriAdaptConfig(init_rank=8, ref_rank=8, max_rank=16, seed=0))
-    return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss
+    ctl = inject(model, TriAdaptConfig(init_rank=4, ref_rank=8, max_rank=16, threshold="none", seed=0))
+    for layer in ctl.layers.values():
+        layer.grow(4, step=1)  # rank 8, the upper 4 units joined after step 1
+    return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss, ctl
 
 
 def child(name: str) -> None:

@@ -101,9 +101,10 @@ def memory_section(mem: dict) -> list[str]:
               for name, v in mem["methods"].items()]
     lines += ["", "Peak RSS on CPU is dominated by the model and the activations and moves with the allocator; "
               "the exact state column is the part that differs between methods. TriAdapt reserves every rank unit "
-              "up to the capacity as parameters from the start (so that growth never creates parameters): the "
-              "reserved units count as trainable and are listed here with their full state, an upper bound — while "
-              "inactive they get no gradient and AdamW creates no state for them.", ""]
+              "up to the capacity from the start (so that growth never creates parameters), as rows of one parameter "
+              "per matrix (the `triangular` rows padded to the capacity): the optimizer keeps state for the reserved "
+              "rows too, so the state grows with the capacity, not the active rank, and a non-saved copy of the "
+              "initial values (for units that join later) adds one more copy of the adapter.", ""]
     return lines
 
 

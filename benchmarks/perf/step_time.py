@@ -19,6 +19,9 @@ from common import (RESULTS, Setup, TARGET_SETS, full_finetune, make_batch,
                     parse_args, peft_adalora, peft_lora, provenance, triadapt)
 
 RANKS = (2, 4, 8, 16)
+SETUP = ("MiniLM-L6 (22.7M), batch 32, seq 64, AdamW, fp32; 36 matrices unless stated; TriAdaptLoRA with the orthogonal "
+         "loss on and ctl.step(optimizer) after each step, the upper half of its units joined after step 1 (so the "
+         "fresh-unit correction runs), trainable parameters as the optimizer holds them (row padding included)")
 
 
 def methods() -> dict:
@@ -53,7 +56,7 @@ def main() -> None:
     ratios.update({f"{c} matrices": medians[f"triangular r=8, {c} matrices"] / medians[f"peft LoRA r=8, {c} matrices"]
                    for c in TARGET_SETS if c != 36})
     report = {**provenance(args.threads),
-              "setup": "MiniLM-L6 (22.7M), batch 32, seq 64, AdamW, fp32; 36 matrices unless stated",
+              "setup": SETUP,
               "steps_per_method": args.rounds * args.steps, "median_step_s": medians,
               "triangular_over_peft_lora": ratios,
               "trainable_parameters": {name: s.trainable for name, s in setups.items()}}
