@@ -46,8 +46,8 @@ class AdapterLayer(nn.Module):
     The rank units live in one parameter, ``triadapt_units`` of shape ``(capacity, width)``,
     one row per unit (`triadapt.unit_storage`). Rows at or beyond the rank take no part in the
     forward, so their gradient is zero; ``triadapt_reserve`` (a buffer of the same shape, not
-    saved) keeps their initial values so that `triadapt.fresh_units` can undo what an optimizer
-    does to them.
+    saved) keeps their initial values, which `triadapt.fresh_units` puts back when they join
+    (an optimizer's weight decay or momentum may have moved them while they waited).
     """
 
     def __init__(self, base_layer: nn.Module, structure: Structure, *, init_rank: int, capacity: int,

@@ -7,8 +7,8 @@ of that row. Every key gets the width of its largest unit, so the triangular str
 zero above the diagonal. With one parameter per matrix, a training step touches one tensor
 per matrix (as LoRA's two), instead of one per unit and key.
 
-What a grown unit needs from the optimizer (fresh moments, its own bias correction, no
-decay while it was reserved) is restored after each optimizer step by `triadapt.fresh_units`.
+What a grown unit needs from the optimizer (its initial values and no history when it joins,
+its own bias correction while young) is restored by `triadapt.fresh_units`.
 """
 
 from __future__ import annotations
@@ -56,9 +56,6 @@ class UnitLayout:
         """Entries unit ``index`` really has (padding excluded)."""
         return sum(math.prod(shape) for shape in self.shapes[index].values())
 
-    def columns(self, key: str) -> slice:
-        return slice(self.offsets[key], self.offsets[key] + self.widths[key])
-
     def unit_views(self, row: Tensor, index: int) -> dict[str, Tensor]:
         """The tensors of unit ``index`` as views of its row (shared storage, autograd-aware)."""
         out = {}
@@ -67,17 +64,6 @@ class UnitLayout:
             start = self.offsets[key]
             out[key] = row[start:start + math.prod(shape)].view(shape)
         return out
-
-    def valid_mask(self, rank: int) -> list[list[bool]]:
-        """Per unit below ``rank``, per column: whether the entry belongs to the unit (not padding)."""
-        mask = []
-        for index in range(rank):
-            row = [False] * self.width
-            for key in self.keys:
-                start = self.offsets[key]
-                row[start:start + math.prod(self.shapes[index][key])] = [True] * math.prod(self.shapes[index][key])
-            mask.append(row)
-        return mask
 
 
 _MASKS: dict[tuple, tuple[Tensor, Tensor]] = {}
