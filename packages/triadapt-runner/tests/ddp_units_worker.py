@@ -1,7 +1,8 @@
 """Run by test_distributed under torchrun (2 processes): DDP with find_unused_parameters=True, as the runner
-sets it, must give inactive rank units (rows of the unit parameter) a zero gradient and, with the controller
-stepping after the optimizer, leave them untouched by AdamW (weight decay included), before and after growth
-events; active units get the same (averaged) gradient on both processes. Writes OUT/units<rank>.json."""
+sets it, must give inactive rank units (rows of the unit parameter) a zero gradient; with the controller
+stepping after the optimizer, a unit joins with its initial values and zeroed AdamW state (weight decay moved
+its row while it waited); active gradients and all unit values are equal on both processes. Writes
+OUT/units<rank>.json."""
 
 import json
 import sys
@@ -21,22 +22,29 @@ ctl = inject(model, TriAdaptConfig(target_modules=ToyModel.targets, init_rank=1,
 ddp = DistributedDataParallel(model, find_unused_parameters=True)
 optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2, weight_decay=0.1)
 x, y = toy_batch(seed=dist.get_rank())
+initial = {name: layer.units.detach().clone() for name, layer in ctl.layers.items()}
 checks = []
 for step in range(8):
     torch.nn.functional.cross_entropy(ddp(x), y).backward()
     layers = list(ctl.layers.values())
-    ranks = [layer.rank for layer in layers]  # growth in ctl.step() comes after the refresh: compare these rows
-    before = [layer.units[r:].detach().clone() for layer, r in zip(layers, ranks)]
     grads = [layer.units.grad for layer in layers]
     active_grad = torch.cat([g[: layer.rank].flatten() for g, layer in zip(grads, layers)])
     gathered = [torch.zeros_like(active_grad) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, active_grad)
     optimizer.step()
-    ctl.step(optimizer)
+    event = ctl.step(optimizer)  # weight decay moved the waiting rows; the units that join get reset
+    joined = [] if event is None else [(name, ctl.layers[name].rank, amount) for name, amount in event.grown.items()]
+    fresh = all(torch.equal(ctl.layers[name].units[rank - amount:rank], initial[name][rank - amount:rank])
+                and all(torch.count_nonzero(t[rank - amount:rank]) == 0
+                        for t in optimizer.state[ctl.layers[name].units].values() if t.shape == initial[name].shape)
+                for name, rank, amount in joined)
+    units = torch.cat([layer.units.detach().flatten() for layer in layers])
+    everyone = [torch.zeros_like(units) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, units)
     checks.append({"active_have_grads": all(bool(g[: layer.rank].any()) for g, layer in zip(grads, layers)),
                    "active_grads_equal": all(torch.equal(gathered[0], g) for g in gathered),
                    "inactive_grads_zero": all(torch.count_nonzero(g[layer.rank:]) == 0 for g, layer in zip(grads, layers)),
-                   "inactive_unchanged": all(torch.equal(b, layer.units[r:]) for b, layer, r in zip(before, layers, ranks)),
+                   "joined_fresh": fresh, "units_equal": all(torch.equal(everyone[0], u) for u in everyone),
                    "total_rank": sum(ctl.ranks.values())})
     optimizer.zero_grad(set_to_none=True)
 Path(sys.argv[1], f"units{dist.get_rank()}.json").write_text(json.dumps(checks))

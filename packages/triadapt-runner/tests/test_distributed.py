@@ -285,8 +285,9 @@ def test_gpu_bf16_zero(stage, tmp_path):
     torch.testing.assert_close(again, torch.tensor(saved), atol=2e-2, rtol=2e-2)
 
 
-def test_ddp_leaves_inactive_units_untouched(tmp_path):
-    """Under DDP (find_unused_parameters=True) a not-yet-grown unit gets a zero gradient and keeps its value, as alone."""
+def test_ddp_units_join_fresh(tmp_path):
+    """Under DDP (find_unused_parameters=True) a not-yet-grown unit gets a zero gradient and joins with its initial
+    values and no optimizer history, identically on both processes, as alone."""
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(WORKER.with_name("ddp_units_worker.py")), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
@@ -294,7 +295,7 @@ def test_ddp_leaves_inactive_units_untouched(tmp_path):
     for rank in (0, 1):
         checks = json.loads((tmp_path / f"units{rank}.json").read_text())
         assert all(c["active_have_grads"] and c["active_grads_equal"] and c["inactive_grads_zero"]
-                   and c["inactive_unchanged"] for c in checks), checks
+                   and c["joined_fresh"] and c["units_equal"] for c in checks), checks
         assert checks[-1]["total_rank"] > checks[0]["total_rank"]  # growth happened during the run
 
 
@@ -307,11 +308,11 @@ def test_gradient_scorer_sees_full_gradients_under_zero2(tmp_path):
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
     zero, reference = results(tmp_path / "zero2"), results(tmp_path / "ddp")
     assert all(r["ranks"] == zero[0]["ranks"] for r in zero)
-    # the first event sees the same gradients (measured: within 1e-11); later ones drift apart numerically
-    # (another AdamW implementation), so only the first is compared. A partition or a local gradient would
-    # be off by tens of per cent.
+    # the first event sees the same gradients (measured: within 1e-11 absolute, 1.6e-6 relative on the
+    # smallest score); later ones drift apart numerically (another AdamW implementation), so only the first
+    # is compared. A partition or a local gradient would be off by tens of per cent.
     first, expected = zero[0]["events"][0], reference[0]["events"][0]
     assert first["grown"] == expected["grown"]
     torch.testing.assert_close(torch.tensor(list(first["scores"].values()), dtype=torch.float64),
                                torch.tensor(list(expected["scores"].values()), dtype=torch.float64),
-                               rtol=1e-6, atol=1e-12)
+                               rtol=1e-5, atol=1e-12)
