@@ -40,10 +40,13 @@ ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
-    """The optimizer that holds the parameters (accelerate and similar wrappers expose ``.optimizer``)."""
-    seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer") and seen < 8:
-        optimizer, seen = optimizer.optimizer, seen + 1
+    """The optimizer that does the work: wrappers (accelerate's ``AcceleratedOptimizer``, itself a
+    ``torch.optim.Optimizer``, and DeepSpeed's) expose the wrapped one as ``.optimizer``."""
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer = inner
     return optimizer
 
 
