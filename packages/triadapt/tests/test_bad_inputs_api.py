@@ -243,3 +243,13 @@ def test_failure_after_injection_rolls_back_heads_and_layers(saved):
     with pytest.raises(ValueError, match="allocator state does not fit these adapters"):
         load(model, saved, resume_state=True)
     assert_unchanged(model, before)
+
+
+def test_step_with_something_that_is_not_an_optimizer():
+    """``ctl.step(optimizer)`` with anything but an optimizer: one line, and the step is not counted."""
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=ToyModel.targets, warmup_steps=1, growth_interval=1,
+                                            total_steps=6, seed=0))
+    with pytest.raises(TriAdaptError) as info:
+        ctl.step("adamw")
+    assert_one_line(info.value, r"optimizer=str is invalid: pass the torch.optim.Optimizer that steps the model")
+    assert ctl.step_count == 0 and not ctl.events

@@ -19,10 +19,10 @@ after each optimizer step, puts both back exactly:
   that count steps get a one-time warning: their young units share the matrix's step count.
 
 Both work on whole parameters with per-row coefficients or masks: a handful of
-``torch._foreach_*`` calls per step (and per event) for all matrices together, nothing built
-per matrix. Optimizers that do not hold the unit parameters themselves (DeepSpeed ZeRO steps
-flattened copies) are left alone: there, as before, units share the step count of the flat
-group and reserved units are decayed with it.
+``torch._foreach_*`` calls per step (and per event) for all matrices together, no tensor
+built per matrix (only small Python lists of coefficients). Optimizers that do not hold the
+unit parameters themselves (DeepSpeed ZeRO steps flattened copies) are left alone: there, as
+before, units share the step count of the flat group and reserved units are decayed with it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from triadapt.errors import TriAdaptError
 from triadapt.layer import AdapterLayer
 
 ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
@@ -60,9 +61,11 @@ class UnitRefresher:
 
     def _held(self, optimizer: Any) -> tuple[Any, list[tuple[Mapping[str, Any], list[tuple[Tensor, AdapterLayer]]]]]:
         """The optimizer holding the unit parameters, and per param group the (parameter, layer) pairs it holds."""
-        optimizer = unwrap_optimizer(optimizer)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            return optimizer, []
+        inner = unwrap_optimizer(optimizer)
+        if not isinstance(inner, torch.optim.Optimizer):
+            raise TriAdaptError(f"optimizer={type(optimizer).__name__} is invalid: pass the torch.optim.Optimizer "
+                                f"that steps the model (or a wrapper exposing it as .optimizer), or nothing")
+        optimizer = inner
         by_param = {id(layer.units): layer for layer in self.layers.values()}
         groups = [(group, [(p, by_param[id(p)]) for p in group["params"] if id(p) in by_param])
                   for group in optimizer.param_groups]
@@ -75,10 +78,7 @@ class UnitRefresher:
         for group, pairs in groups:
             pairs = [(p, layer) for p, layer in pairs if p in optimizer.state
                      and any(layer.births[i] > 0 for i in range(layer.init_rank, layer.rank))]
-            by_kind: dict[tuple, list] = {}
-            for p, layer in pairs:
-                by_kind.setdefault((p.dtype, p.device), []).append((p, layer))
-            for kind_pairs in by_kind.values():
+            for kind_pairs in _by_kind(pairs).values():
                 self._correct(optimizer, group, kind_pairs, steps_done)
 
     def _correct(self, optimizer: Any, group: Mapping[str, Any], pairs: list, steps_done: int) -> None:

@@ -159,7 +159,8 @@ class AdapterLayer(nn.Module):
             return result
         factors = self.factors()
         if self.training and torch.is_grad_enabled():
-            self._cached_factors = (factors, self.units._version)  # the regulariser of this step may reuse them
+            if not self._factor_rows:  # the regulariser of this step reuses them (built-ins batch instead)
+                self._cached_factors = (factors, self.units._version)
             if hasattr(self.units, "ds_status"):  # ZeRO-3 empties the parameter after the forward: keep a live view
                 self._live_units = self.units.view_as(self.units)
         if x.dtype != factors.down.dtype:
