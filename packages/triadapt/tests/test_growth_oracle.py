@@ -16,6 +16,7 @@ from torch import nn
 
 from triadapt import TriAdaptConfig, inject
 from triadapt.testing.models import ToyModel, toy_batch
+from triadapt.young_rows import young_runs
 
 
 class OracleLinear(nn.Module):
@@ -98,16 +99,27 @@ def build_pair(structure, increment, seed=0):
                                             {"foreach": True, "amsgrad": True, "adam": True}],
                          ids=["for-loop", "foreach", "fused", "adam-l2-amsgrad"])
 def test_static_storage_matches_appending_oracle(structure, increment, implementation):
-    ctl, oracle_model, oracles = build_pair(structure, increment)
     implementation = dict(implementation)
     kind = torch.optim.Adam if implementation.pop("adam", False) else torch.optim.AdamW
-    hyper = dict(lr=2e-2, weight_decay=0.05, betas=(0.9, 0.999), **implementation)
+    run_against_oracle(structure, increment, kind, dict(lr=2e-2, weight_decay=0.05, betas=(0.9, 0.999),
+                                                        **implementation))
+
+
+def test_oracle_holds_when_the_optimizer_state_is_reloaded_mid_run():
+    """A reload (new moment tensors, as on resume) between events: the correction follows the new tensors."""
+    run_against_oracle("triangular", 1, torch.optim.AdamW, dict(lr=2e-2, weight_decay=0.05), reload_at=(8, 13))
+
+
+def run_against_oracle(structure, increment, kind, hyper, reload_at=()):
+    ctl, oracle_model, oracles = build_pair(structure, increment)
     opt_static = kind(list(ctl.trainable_parameters()), **hyper)
     ctl.attach(opt_static)
     initial = [p for o in oracles.values() for p in o.grow(1)]
     opt_oracle = kind(initial + list(oracle_model.classifier.parameters()), **hyper)
 
     for step in range(24):
+        if step in reload_at:
+            opt_static.load_state_dict(copy.deepcopy(opt_static.state_dict()))
         x, y = toy_batch(seed=step)
         loss_s = nn.functional.cross_entropy(ctl.model(x), y)
         loss_o = nn.functional.cross_entropy(oracle_model(x), y)
@@ -192,6 +204,8 @@ def test_bias_correction_touches_young_rows_only(dtype, fused):
                                             seed=0, threshold="none"))
     for layer in ctl.layers.values():
         layer.grow(2, step=1)  # rows 2, 3 joined after step 1: at step 3 their age is 2, the parameter's 3
+        layer.set_rank(5)  # row 4 active as if from the start (not young) ...
+        layer.grow(1, step=2)  # ... between young rows: row 5 joined after step 2 (two runs of young rows)
     opt = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2, weight_decay=0.01, fused=fused)
     for step in range(3):
         x, y = toy_batch(seed=step)
@@ -201,5 +215,15 @@ def test_bias_correction_touches_young_rows_only(dtype, fused):
     before = {n: l.units.detach().clone() for n, l in ctl.layers.items()}
     ctl.refresher(opt, 3)
     for name, layer in ctl.layers.items():
-        assert torch.equal(layer.units[:2], before[name][:2]) and torch.equal(layer.units[4:], before[name][4:])
-        assert not torch.equal(layer.units[2:4], before[name][2:4])
+        assert torch.equal(layer.units[:2], before[name][:2]) and torch.equal(layer.units[4], before[name][4])
+        assert torch.equal(layer.units[6:], before[name][6:])
+        for row in (2, 3, 5):
+            assert not torch.equal(layer.units[row], before[name][row]), row
+
+
+@pytest.mark.parametrize("flags, runs", [
+    ([], []), ([False, False], []), ([True], [(0, 1)]), ([False, True, True], [(1, 3)]),
+    ([True, False, True, True, False], [(0, 1), (2, 4)]),
+])
+def test_young_runs_are_the_ranges_of_consecutive_young_rows(flags, runs):
+    assert young_runs(flags) == runs

@@ -14,20 +14,20 @@ after each optimizer step, puts both back exactly:
   moments with the parameter's step count t, while a new parameter would use its own age
   s = t − b. For ``torch.optim.Adam`` and ``AdamW`` (for-loop, foreach and fused alike) the
   update of those rows is recomputed with s: ``p += lr·m/(c1(t)(√v/√c2(t)+ε)) −
-  lr·m/(c1(s)(√v/√c2(s)+ε))``, c1(x) = 1 − β1^x, c2(x) = 1 − β2^x. Rows that are not young get
-  the same expression twice, bitwise, so their correction is exactly zero. Other optimizers
-  that count steps get a one-time warning: their young units share the matrix's step count.
+  lr·m/(c1(s)(√v/√c2(s)+ε))``, c1(x) = 1 − β1^x, c2(x) = 1 − β2^x, on views of the young rows
+  only, so every other row stays exactly as the optimizer wrote it. Other optimizers that count
+  steps get a one-time warning: their young units share the matrix's step count.
 
-Both work on whole parameters with per-row coefficients or masks: a handful of
-``torch._foreach_*`` calls per step (and per event) for all matrices together, no tensor
-built per matrix (only small Python lists of coefficients). Optimizers that do not hold the
-unit parameters themselves (DeepSpeed ZeRO steps flattened copies) are left alone: there, as
-before, units share the step count of the flat group and reserved units are decayed with it.
+The per-step correction is a handful of ``torch._foreach_*`` calls for all matrices together,
+on row views that are built once per growth event and then reused (one small tensor of per-row
+coefficients is built per step); the reset at an event works on whole parameters with per-row
+masks. Optimizers that do not hold the unit parameters themselves (DeepSpeed ZeRO steps
+flattened copies) are left alone: there, as before, units share the step count of the flat
+group and reserved units are decayed with it.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Mapping
 
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from triadapt.errors import TriAdaptError
 from triadapt.layer import AdapterLayer
+from triadapt.young_rows import YoungRows, young_runs
 
 ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
 
@@ -58,6 +59,8 @@ class UnitRefresher:
         self.layers = dict(layers)
         self._last_step: dict[int, float] = {}  # id(param) -> optimizer step count at the last correction
         self._warned: set[type] = set()
+        self._held_memo: tuple[Any, tuple, list] | None = None  # (optimizer, its param-group signature, groups)
+        self._young: dict[tuple, YoungRows] = {}  # (id(param group), dtype, device) -> its young rows
 
     def _held(self, optimizer: Any) -> tuple[Any, list[tuple[Mapping[str, Any], list[tuple[Tensor, AdapterLayer]]]]]:
         """The optimizer holding the unit parameters, and per param group the (parameter, layer) pairs it holds."""
@@ -66,18 +69,23 @@ class UnitRefresher:
             raise TriAdaptError(f"optimizer={type(optimizer).__name__} is invalid: pass the torch.optim.Optimizer "
                                 f"that steps the model (or a wrapper exposing it as .optimizer), or nothing")
         optimizer = inner
+        signature = tuple((id(group["params"]), len(group["params"])) for group in optimizer.param_groups)
+        memo = self._held_memo
+        if memo is not None and memo[0] is optimizer and memo[1] == signature:
+            return optimizer, memo[2]
         by_param = {id(layer.units): layer for layer in self.layers.values()}
         groups = [(group, [(p, by_param[id(p)]) for p in group["params"] if id(p) in by_param])
                   for group in optimizer.param_groups]
-        return optimizer, [(group, pairs) for group, pairs in groups if pairs]
+        groups = [(group, pairs) for group, pairs in groups if pairs]
+        self._held_memo = (optimizer, signature, groups)
+        return optimizer, groups
 
     @torch.no_grad()
     def __call__(self, optimizer: Any, steps_done: int) -> None:
         """Young-unit bias correction; call once right after ``optimizer.step()`` (``steps_done`` counts it)."""
         optimizer, groups = self._held(optimizer)
         for group, pairs in groups:
-            pairs = [(p, layer) for p, layer in pairs if p in optimizer.state
-                     and any(layer.births[i] > 0 for i in range(layer.init_rank, layer.rank))]
+            pairs = [(p, layer) for p, layer in pairs if any(layer.births[:layer.rank]) and p in optimizer.state]
             for kind_pairs in _by_kind(pairs).values():
                 self._correct(optimizer, group, kind_pairs, steps_done)
 
@@ -95,8 +103,20 @@ class UnitRefresher:
             return  # the optimizer skipped this step (e.g. a gradient scaler found inf): nothing to undo
         self._last_step.update((id(p), c) for (p, _), c in zip(pairs, counts))
         second = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
-        _correct_bias(group, [p for p, _ in pairs], [s["exp_avg"] for s in state], [s[second] for s in state],
-                      [layer for _, layer in pairs], counts, steps_done)
+        entries, ages = [], []
+        for (p, layer), s, t in zip(pairs, state, counts):
+            row_ages = [min(max(steps_done - birth, 1), t) if birth > 0 else t for birth in layer.births[:layer.rank]]
+            runs = young_runs([age < t for age in row_ages])
+            if runs:
+                entries.append((p, s["exp_avg"], s[second], runs))
+                ages.extend((row_ages[lo:hi], t) for lo, hi in runs)
+        if not entries:
+            return
+        slot = (id(group), pairs[0][0].dtype, pairs[0][0].device)
+        rows = self._young.get(slot)
+        if rows is None or rows.key != YoungRows.key_of(entries):
+            rows = self._young[slot] = YoungRows(entries)
+        rows.correct(group, ages)
 
     @torch.no_grad()
     def reset_joining(self, optimizer: Any, grown: Mapping[str, int]) -> None:
@@ -140,40 +160,3 @@ def _step_counts(steps: list[Any]) -> list[float]:
     if all(torch.is_tensor(s) for s in steps) and len({(s.dtype, s.device) for s in steps}) == 1:
         return torch.stack(steps).tolist()
     return [float(s) for s in steps]
-
-
-def _correct_bias(group: Mapping[str, Any], params: list[Tensor], m: list[Tensor], v: list[Tensor],
-                  layers: list[AdapterLayer], counts: list[float], steps_done: int) -> None:
-    """Recompute the young rows' Adam update with each row's own age (see the module docstring).
-
-    The per-row coefficients of ``c1(x)(√v/√c2(x) + ε) = a·√v + b`` come from a few distinct ages
-    and are computed in Python, then moved in one tensor; rows that are not young get the
-    parameter's own (a, b) on both sides, so their correction is exactly zero.
-    """
-    beta1, beta2 = (float(b) for b in group["betas"])
-    lr, eps = float(group["lr"]), float(group["eps"])
-    memo: dict[float, tuple[float, float]] = {}
-
-    def coefficients(age: float) -> tuple[float, float]:
-        if age not in memo:
-            c1 = 1.0 - beta1 ** age
-            memo[age] = (c1 / math.sqrt(1.0 - beta2 ** age), c1 * eps)
-        return memo[age]
-
-    own_a, own_b, shared_a, shared_b = [], [], [], []
-    for layer, t in zip(layers, counts):
-        applied = coefficients(t)
-        own = [coefficients(min(max(steps_done - birth, 1), t)) if birth > 0 and i < layer.rank else applied
-               for i, birth in enumerate(layer.births)]
-        own_a.append([[a] for a, _ in own])
-        own_b.append([[b] for _, b in own])
-        shared_a.append([[applied[0]]] * layer.capacity)
-        shared_b.append([[applied[1]]] * layer.capacity)
-    table = torch.tensor([own_a, own_b, shared_a, shared_b], dtype=m[0].dtype, device=m[0].device)  # (4, L, cap, 1)
-    own_a_t, own_b_t, shared_a_t, shared_b_t = (list(part.unbind(0)) for part in table.unbind(0))  # (cap, 1) each
-    root_v = torch._foreach_sqrt(v)
-    own = torch._foreach_addcmul(own_b_t, root_v, own_a_t)  # c1(s)(√v/√c2(s) + ε)
-    shared = torch._foreach_addcmul(shared_b_t, root_v, shared_a_t)  # c1(t)(√v/√c2(t) + ε), as applied
-    difference = torch._foreach_div(m, shared)
-    torch._foreach_addcdiv_(difference, m, own, value=-1.0)  # (u_t − u_s) / lr: x − x = 0 off the young rows
-    torch._foreach_add_(params, difference, alpha=lr)
