@@ -8,12 +8,17 @@
   parameter persistence threshold is raised above the largest one) while the base weights are
   partitioned, so scores, growth and the regulariser always see the true factors. The runner
   checks that after ``deepspeed.initialize`` and installs a ZeRO-aware gradient accessor.
-* CPU runs use the gloo backend. Unsupported setups (FSDP, fp16) fail before training.
+* CPU runs use the gloo backend. Unsupported setups (FSDP, fp16) fail before training. DeepSpeed's
+  CPU all-reduce maps a 66 MB file per process in ``/dev/shm`` and never removes it; the runner
+  removes its process's own when the process exits (a machine would otherwise fill up run by run).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import atexit
+import os
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -37,8 +42,32 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     if world_size() > 1 and not torch.cuda.is_available():
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     plugin = deepspeed_plugin(train)
+    if plugin is not None and not torch.cuda.is_available():
+        _release_shm_buffer_at_exit()
     return Accelerator(gradient_accumulation_steps=train.gradient_accumulation_steps,
                        mixed_precision=train.mixed_precision, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+
+
+_SHM_RELEASE: list[bool] = []
+
+
+def _release_shm_buffer_at_exit() -> None:
+    if not _SHM_RELEASE:
+        _SHM_RELEASE.append(True)
+        atexit.register(unlink_shm_buffer)
+
+
+def shm_buffer_name(rank: int | str | None = None) -> str:
+    """The /dev/shm file DeepSpeed's CPU all-reduce creates for a process (``deepspeed/ops/csrc/cpu/comm/shm.cpp``)."""
+    rank = os.environ.get("RANK", "0") if rank is None else rank
+    return (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '(null)')}_"
+            f"{os.environ.get('MASTER_PORT', '(null)')}_{rank}")
+
+
+def unlink_shm_buffer() -> None:
+    """Remove this process's all-reduce file; processes that mapped it keep their mapping until they exit."""
+    with suppress(OSError):
+        (Path("/dev/shm") / shm_buffer_name()).unlink()
 
 
 def deepspeed_plugin(train: TrainConfig) -> DeepSpeedPlugin | None:
