@@ -15,12 +15,13 @@ after each optimizer step, puts both back exactly:
   s = t − b. For ``torch.optim.Adam`` and ``AdamW`` (for-loop, foreach and fused alike) the
   update of those rows is recomputed with s: ``p += lr·m/(c1(t)(√v/√c2(t)+ε)) −
   lr·m/(c1(s)(√v/√c2(s)+ε))``, c1(x) = 1 − β1^x, c2(x) = 1 − β2^x, on views of the young rows
-  only, so every other row stays exactly as the optimizer wrote it. Other optimizers that count
-  steps get a one-time warning: their young units share the matrix's step count.
+  (`triadapt.young_rows`), so every active row that is not young stays exactly as the optimizer
+  wrote it. Other optimizers that count steps get a one-time warning: their young units share
+  the matrix's step count.
 
-The per-step correction is a handful of ``torch._foreach_*`` calls for all matrices together,
-on row views that are built once per growth event and then reused (one small tensor of per-row
-coefficients is built per step); the reset at an event works on whole parameters with per-row
+The per-step correction is five ``torch._foreach_*`` calls for all matrices together, on row
+views built when a matrix first grows and reused from then on (one small tensor of per-row
+coefficients is copied per step); the reset at an event works on whole parameters with per-row
 masks. Optimizers that do not hold the unit parameters themselves (DeepSpeed ZeRO steps
 flattened copies) are left alone: there, as before, units share the step count of the flat
 group and reserved units are decayed with it.
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from triadapt.errors import TriAdaptError
 from triadapt.layer import AdapterLayer
-from triadapt.young_rows import YoungRows, young_runs
+from triadapt.young_rows import RowViews, YoungRows, young_runs
 
 ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
 
@@ -61,6 +62,7 @@ class UnitRefresher:
         self._warned: set[type] = set()
         self._held_memo: tuple[Any, tuple, list] | None = None  # (optimizer, its param-group signature, groups)
         self._young: dict[tuple, YoungRows] = {}  # (id(param group), dtype, device) -> its young rows
+        self._row_views = RowViews()
 
     def _held(self, optimizer: Any) -> tuple[Any, list[tuple[Mapping[str, Any], list[tuple[Tensor, AdapterLayer]]]]]:
         """The optimizer holding the unit parameters, and per param group the (parameter, layer) pairs it holds."""
@@ -107,6 +109,9 @@ class UnitRefresher:
         for (p, layer), s, t in zip(pairs, state, counts):
             row_ages = [min(max(steps_done - birth, 1), t) if birth > 0 else t for birth in layer.births[:layer.rank]]
             runs = young_runs([age < t for age in row_ages])
+            if runs and runs[-1][1] == layer.rank:  # the reserved rows after the last young run ride along
+                runs[-1] = (runs[-1][0], layer.capacity)  # (see `young_rows`): the views then outlive growth events
+                row_ages += [t] * (layer.capacity - layer.rank)
             if runs:
                 entries.append((p, s["exp_avg"], s[second], runs))
                 ages.extend((row_ages[lo:hi], t) for lo, hi in runs)
@@ -115,7 +120,7 @@ class UnitRefresher:
         slot = (id(group), pairs[0][0].dtype, pairs[0][0].device)
         rows = self._young.get(slot)
         if rows is None or rows.key != YoungRows.key_of(entries):
-            rows = self._young[slot] = YoungRows(entries)
+            rows = self._young[slot] = YoungRows(entries, self._row_views)
         rows.correct(group, ages)
 
     @torch.no_grad()

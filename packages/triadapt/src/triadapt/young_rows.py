@@ -8,7 +8,12 @@ after the step, `YoungRows.correct` recomputes those rows' update with s:
     c1(x) = 1 − β1^x, c2(x) = 1 − β2^x,
 
 written ``c1(x)(√v/√c2(x) + ε) = a(x)·√v + b(x)``. Only views of the young rows are touched,
-so every other row stays exactly as the optimizer wrote it.
+so every other active row stays exactly as the optimizer wrote it. The reserved rows after a
+matrix's last young run (rank to capacity) ride along with s = t: their gradient is zero, so
+their first moment m is zero and the correction adds and subtracts exactly zero (with Adam's L2
+term m may not be zero there; whatever it does to a waiting row is undone when the row joins,
+`triadapt.fresh_units`). A run then ends at the capacity, so a matrix's views stay the same
+from its first growth on instead of changing at every event.
 """
 
 from __future__ import annotations
@@ -37,29 +42,29 @@ def young_runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
 class YoungRows:
     """The young rows of the unit parameters of one param group, and their per-step correction.
 
-    Built once per arrangement of young rows (a growth event or new optimizer state tensors change
-    it, see `key`) and reused every step: views of the young rows of each parameter and of its two
-    moments, and one coefficient buffer whose per-run views are refilled each step in one copy.
+    Built when the arrangement of young rows changes (a growth event or new optimizer state
+    tensors, see `key_of`) and reused every step: views of the young rows of each parameter and of
+    its two moments (a parameter's views are kept across rebuilds while its own runs stay the
+    same: `RowViews`), and one coefficient buffer whose per-run parts are refilled each step in
+    one copy.
     """
 
-    def __init__(self, entries: Sequence[Entry]):
+    def __init__(self, entries: Sequence[Entry], views: "RowViews"):
         self.key = self.key_of(entries)
         self.p: list[Tensor] = []
         self.m: list[Tensor] = []
         self.v: list[Tensor] = []
-        spans: list[tuple[int, int]] = []  # (start, rows) of each run in the coefficient buffer
-        total = 0
+        sizes: list[int] = []
         for p, m, v, runs in entries:
-            for lo, hi in runs:
-                self.p.append(p.narrow(0, lo, hi - lo))
-                self.m.append(m.narrow(0, lo, hi - lo))
-                self.v.append(v.narrow(0, lo, hi - lo))
-                spans.append((total, hi - lo))
-                total += hi - lo
+            for (p_rows, m_rows, v_rows), (lo, hi) in zip(views.of(p, m, v, runs), runs):
+                self.p.append(p_rows)
+                self.m.append(m_rows)
+                self.v.append(v_rows)
+                sizes.append(hi - lo)
+        total = sum(sizes)
         self.buffer = torch.zeros(4 * total, dtype=entries[0][1].dtype, device=entries[0][1].device)
-        parts = self.buffer.view(4, total, 1).unbind(0)
         self.own_a, self.own_b, self.applied_a, self.applied_b = (
-            [part.narrow(0, start, n) for start, n in spans] for part in parts)  # (rows, 1) each
+            list(part.split(sizes)) for part in self.buffer.view(4, total, 1).unbind(0))  # (rows, 1) each
 
     @staticmethod
     def key_of(entries: Sequence[Entry]) -> tuple:
@@ -93,3 +98,19 @@ class YoungRows:
         applied = torch._foreach_addcmul(self.applied_b, root_v, self.applied_a)  # c1(t)(√v/√c2(t) + ε)
         torch._foreach_addcdiv_(self.p, self.m, applied, value=lr)  # undo the update with t ...
         torch._foreach_addcdiv_(self.p, self.m, own, value=-lr)  # ... and apply the one with s
+
+
+class RowViews:
+    """Per parameter, the row views of it and its two moments over its young runs, kept while valid."""
+
+    def __init__(self) -> None:
+        self._views: dict[int, tuple[tuple, list[tuple[Tensor, Tensor, Tensor]]]] = {}
+
+    def of(self, p: Tensor, m: Tensor, v: Tensor, runs: list[tuple[int, int]]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        key = (p.data_ptr(), m.data_ptr(), v.data_ptr(), tuple(runs))
+        cached = self._views.get(id(p))
+        if cached is None or cached[0] != key:
+            cached = (key, [(p.narrow(0, lo, hi - lo), m.narrow(0, lo, hi - lo), v.narrow(0, lo, hi - lo))
+                            for lo, hi in runs])
+            self._views[id(p)] = cached
+        return cached[1]
