@@ -37,7 +37,7 @@ from torch import Tensor
 
 from triadapt.errors import TriAdaptError
 from triadapt.layer import AdapterLayer
-from triadapt.young_rows import RowViews, YoungRows, young_runs
+from triadapt.young_rows import ROW_CHUNK, RowViews, YoungRows, young_runs
 
 ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
 
@@ -109,9 +109,11 @@ class UnitRefresher:
         for (p, layer), s, t in zip(pairs, state, counts):
             row_ages = [min(max(steps_done - birth, 1), t) if birth > 0 else t for birth in layer.births[:layer.rank]]
             runs = young_runs([age < t for age in row_ages])
-            if runs and runs[-1][1] == layer.rank:  # the reserved rows after the last young run ride along
-                runs[-1] = (runs[-1][0], layer.capacity)  # (see `young_rows`): the views then outlive growth events
-                row_ages += [t] * (layer.capacity - layer.rank)
+            if runs and runs[-1][1] == layer.rank:  # a few reserved rows after the last young run ride along
+                lo = runs[-1][0]  # (see `young_rows`), so the views outlive most growth events
+                hi = min(layer.capacity, lo + -(-(layer.rank - lo) // ROW_CHUNK) * ROW_CHUNK)
+                runs[-1] = (lo, hi)
+                row_ages += [t] * (hi - layer.rank)
             if runs:
                 entries.append((p, s["exp_avg"], s[second], runs))
                 ages.extend((row_ages[lo:hi], t) for lo, hi in runs)

@@ -8,12 +8,13 @@ after the step, `YoungRows.correct` recomputes those rows' update with s:
     c1(x) = 1 − β1^x, c2(x) = 1 − β2^x,
 
 written ``c1(x)(√v/√c2(x) + ε) = a(x)·√v + b(x)``. Only views of the young rows are touched,
-so every other active row stays exactly as the optimizer wrote it. The reserved rows after a
-matrix's last young run (rank to capacity) ride along with s = t: their gradient is zero, so
-their first moment m is zero and the correction adds and subtracts exactly zero (with Adam's L2
-term m may not be zero there; whatever it does to a waiting row is undone when the row joins,
-`triadapt.fresh_units`). A run then ends at the capacity, so a matrix's views stay the same
-from its first growth on instead of changing at every event.
+so every other active row stays exactly as the optimizer wrote it. A matrix's last young run
+is padded with reserved rows (rank and beyond) to a multiple of ``ROW_CHUNK`` rows, so that its
+views change at one growth in ``ROW_CHUNK`` instead of at every event (building views costs
+operations at the step after an event; padding costs arithmetic on every step). The padded
+rows ride along with s = t: their gradient is zero, so their first moment m is zero and the
+correction adds and subtracts exactly zero (with Adam's L2 term m may not be zero there;
+whatever it does to a waiting row is undone when the row joins, `triadapt.fresh_units`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+ROW_CHUNK = 4  # a young run's views cover a multiple of this many rows (see above)
 Entry = tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]]  # parameter, first moment, second moment, young runs
 
 
