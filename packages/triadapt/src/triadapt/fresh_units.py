@@ -37,7 +37,7 @@ from torch import Tensor
 
 from triadapt.errors import TriAdaptError
 from triadapt.layer import AdapterLayer
-from triadapt.young_rows import ROW_CHUNK, RowViews, YoungRows, young_runs
+from triadapt.young_rows import RowViews, YoungRows, signature
 
 ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
 
@@ -105,25 +105,13 @@ class UnitRefresher:
             return  # the optimizer skipped this step (e.g. a gradient scaler found inf): nothing to undo
         self._last_step.update((id(p), c) for (p, _), c in zip(pairs, counts))
         second = "max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq"
-        entries, ages = [], []
-        for (p, layer), s, t in zip(pairs, state, counts):
-            row_ages = [min(max(steps_done - birth, 1), t) if birth > 0 else t for birth in layer.births[:layer.rank]]
-            runs = young_runs([age < t for age in row_ages])
-            if runs and runs[-1][1] == layer.rank:  # a few reserved rows after the last young run ride along
-                lo = runs[-1][0]  # (see `young_rows`), so the views outlive most growth events
-                hi = min(layer.capacity, lo + -(-(layer.rank - lo) // ROW_CHUNK) * ROW_CHUNK)
-                runs[-1] = (lo, hi)
-                row_ages += [t] * (hi - layer.rank)
-            if runs:
-                entries.append((p, s["exp_avg"], s[second], runs))
-                ages.extend((row_ages[lo:hi], t) for lo, hi in runs)
-        if not entries:
-            return
+        moments = [(s["exp_avg"], s[second]) for s in state]
+        key = signature(pairs, moments, counts, steps_done)
         slot = (id(group), pairs[0][0].dtype, pairs[0][0].device)
         rows = self._young.get(slot)
-        if rows is None or rows.key != YoungRows.key_of(entries):
-            rows = self._young[slot] = YoungRows(entries, self._row_views)
-        rows.correct(group, ages)
+        if rows is None or rows.key != key:
+            rows = self._young[slot] = YoungRows(key, pairs, moments, counts, steps_done, self._row_views)
+        rows.correct(group, steps_done)
 
     @torch.no_grad()
     def reset_joining(self, optimizer: Any, grown: Mapping[str, int]) -> None:

@@ -15,6 +15,11 @@ operations at the step after an event; padding costs arithmetic on every step). 
 rows ride along with s = t: their gradient is zero, so their first moment m is zero and the
 correction adds and subtracts exactly zero (with Adam's L2 term m may not be zero there;
 whatever it does to a waiting row is undone when the row joins, `triadapt.fresh_units`).
+
+The arrangement (which rows, their views, which age each row has) is built when it changes (a
+growth event, new optimizer state tensors) and reused: per step there is a signature check, one
+small table of coefficients per distinct birth, one ``index_select`` that spreads it over the
+rows, and five ``torch._foreach_*`` passes for all matrices together.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch import Tensor
 
 ROW_CHUNK = 4  # a young run's views cover a multiple of this many rows (see above)
-Entry = tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]]  # parameter, first moment, second moment, young runs
+Pair = tuple[Tensor, Any]  # a unit parameter and its AdapterLayer
 
 
 def young_runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
@@ -41,60 +46,67 @@ def young_runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
     return runs
 
 
+def signature(pairs: Sequence[Pair], moments: Sequence[tuple[Tensor, Tensor]], counts: Sequence[float],
+              steps_done: int) -> tuple:
+    """What the arrangement of young rows depends on. Views keep their storage alive, so equal data
+    pointers mean the same tensors; a birth at or after ``steps_done`` (a unit grown "in the future")
+    makes the arrangement depend on the step itself."""
+    return tuple((tuple(layer.births[:layer.rank]), layer.capacity, p.data_ptr(), m.data_ptr(), v.data_ptr(),
+                  steps_done - t, t > 1, steps_done if max(layer.births, default=0) >= steps_done else None)
+                 for (p, layer), (m, v), t in zip(pairs, moments, counts))
+
+
 class YoungRows:
-    """The young rows of the unit parameters of one param group, and their per-step correction.
+    """The young rows of the unit parameters of one param group, and their per-step correction."""
 
-    Built when the arrangement of young rows changes (a growth event or new optimizer state
-    tensors, see `key_of`) and reused every step: views of the young rows of each parameter and of
-    its two moments (a parameter's views are kept across rebuilds while its own runs stay the
-    same: `RowViews`), and one coefficient buffer whose per-run parts are refilled each step in
-    one copy.
-    """
-
-    def __init__(self, entries: Sequence[Entry], views: "RowViews"):
-        self.key = self.key_of(entries)
+    def __init__(self, key: tuple, pairs: Sequence[Pair], moments: Sequence[tuple[Tensor, Tensor]],
+                 counts: Sequence[float], steps_done: int, views: "RowViews"):
+        self.key = key
         self.p: list[Tensor] = []
         self.m: list[Tensor] = []
         self.v: list[Tensor] = []
+        index: dict[tuple[int | None, float], int] = {}  # distinct (birth, steps_done − t); birth None: age t
+        rows: list[int] = []  # per row: its entry in self.ages
         sizes: list[int] = []
-        for p, m, v, runs in entries:
+        for (p, layer), (m, v), t in zip(pairs, moments, counts):
+            offset = steps_done - t
+            births = [b if b > 0 and min(max(steps_done - b, 1), t) < t else None for b in layer.births[:layer.rank]]
+            runs = young_runs([b is not None for b in births])
+            if runs and runs[-1][1] == layer.rank:  # pad the last run with reserved rows (see the module doc)
+                lo = runs[-1][0]
+                runs[-1] = (lo, min(layer.capacity, lo + -(-(layer.rank - lo) // ROW_CHUNK) * ROW_CHUNK))
+                births += [None] * (runs[-1][1] - layer.rank)
             for (p_rows, m_rows, v_rows), (lo, hi) in zip(views.of(p, m, v, runs), runs):
                 self.p.append(p_rows)
                 self.m.append(m_rows)
                 self.v.append(v_rows)
                 sizes.append(hi - lo)
-        total = sum(sizes)
-        self.buffer = torch.zeros(4 * total, dtype=entries[0][1].dtype, device=entries[0][1].device)
+                rows.extend(index.setdefault((birth, offset), len(index)) for birth in births[lo:hi])
+        self.ages: list[tuple[int | None, float]] = list(index)
+        m = moments[0][0]
+        self.rows = torch.tensor(rows, dtype=torch.long, device=m.device)
+        self.buffer = torch.zeros(len(rows), 4, dtype=m.dtype, device=m.device)  # own a, b; applied a, b
         self.own_a, self.own_b, self.applied_a, self.applied_b = (
-            list(part.split(sizes)) for part in self.buffer.view(4, total, 1).unbind(0))  # (rows, 1) each
+            list(self.buffer.narrow(1, column, 1).split(sizes)) for column in range(4))  # (rows, 1) each
 
-    @staticmethod
-    def key_of(entries: Sequence[Entry]) -> tuple:
-        """Views keep their storage alive, so equal data pointers and runs mean the cached views are valid."""
-        return tuple((p.data_ptr(), m.data_ptr(), v.data_ptr(), tuple(runs)) for p, m, v, runs in entries)
-
-    def correct(self, group: Mapping[str, Any], ages: Sequence[tuple[Sequence[float], float]]) -> None:
-        """``ages``: per run (in construction order), its rows' own ages and the parameter's count t."""
+    def correct(self, group: Mapping[str, Any], steps_done: int) -> None:
+        """``p += lr·m/(c1(t)(√v/√c2(t)+ε)) − lr·m/(c1(s)(√v/√c2(s)+ε))`` on the young rows (after a step)."""
+        if not self.p:
+            return
         beta1, beta2 = (float(b) for b in group["betas"])
         lr, eps = float(group["lr"]), float(group["eps"])
-        memo: dict[float, tuple[float, float]] = {}
 
-        def coefficients(age: float) -> tuple[float, float]:
-            if age not in memo:
-                c1 = 1.0 - beta1 ** age
-                memo[age] = (c1 / math.sqrt(1.0 - beta2 ** age), c1 * eps)
-            return memo[age]
+        def coefficients(age: float) -> list[float]:
+            c1 = 1.0 - beta1 ** age
+            return [c1 / math.sqrt(1.0 - beta2 ** age), c1 * eps]
 
-        own_a, own_b, applied_a, applied_b = [], [], [], []
-        for row_ages, t in ages:
-            for age in row_ages:
-                a, b = coefficients(age)
-                own_a.append(a)
-                own_b.append(b)
-            a, b = coefficients(t)
-            applied_a.extend([a] * len(row_ages))
-            applied_b.extend([b] * len(row_ages))
-        self.buffer.copy_(torch.tensor(own_a + own_b + applied_a + applied_b, dtype=self.buffer.dtype))
+        table = []
+        for birth, offset in self.ages:
+            t = steps_done - offset
+            age = t if birth is None else min(max(steps_done - birth, 1), t)
+            table.append(coefficients(age) + coefficients(t))
+        coefficient_table = torch.tensor(table, dtype=self.buffer.dtype)
+        torch.index_select(coefficient_table.to(self.buffer.device, non_blocking=True), 0, self.rows, out=self.buffer)
         root_v = torch._foreach_sqrt(self.v)
         own = torch._foreach_addcmul(self.own_b, root_v, self.own_a)  # c1(s)(√v/√c2(s) + ε)
         applied = torch._foreach_addcmul(self.applied_b, root_v, self.applied_a)  # c1(t)(√v/√c2(t) + ε)
