@@ -68,6 +68,30 @@ def step(model, optimizer, extra, batch, ctl=None) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+PHASES = ("forward", "regulariser", "backward", "AdamW", "refresh", "zero_grad")
+
+
+def timed_step(model, optimizer, extra, batch, ctl=None) -> dict[str, float]:
+    """One training step, each phase timed (the refresh is ``ctl.step(optimizer)``: growth bookkeeping and
+    the fresh-unit correction)."""
+    marks = [time.perf_counter()]
+    loss = model(**batch).loss
+    marks.append(time.perf_counter())
+    if extra is not None:
+        loss = loss + extra()
+    marks.append(time.perf_counter())
+    loss.backward()
+    marks.append(time.perf_counter())
+    optimizer.step()
+    marks.append(time.perf_counter())
+    if ctl is not None:
+        ctl.step(optimizer)
+    marks.append(time.perf_counter())
+    optimizer.zero_grad(set_to_none=True)
+    marks.append(time.perf_counter())
+    return {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
+
+
 def top_level_ops(model, optimizer, extra, batch, ctl=None) -> collections.Counter:
     from torch.profiler import ProfilerActivity, profile
 
@@ -117,7 +141,7 @@ def main() -> None:
     args = parse_args(__doc__, rounds=3, steps=5)
     batch = make_batch(2, 16)
     out = {"ops_per_step": {}, "top_ops": {}, "median_step_s": {}, "median_optimizer_step_s": {},
-           "median_adamw_step_s": {}, "tensors": {}}
+           "median_adamw_step_s": {}, "median_phase_s": {}, "tensors": {}}
     setups = {}
     for kind in KINDS:
         model, params, extra, ctl = build(kind)
@@ -130,30 +154,20 @@ def main() -> None:
         out["top_ops"][kind] = dict(ops.most_common(6))
         out["tensors"][kind] = len(params)  # trainable tensors the optimizer holds (reserved units included)
         setups[kind] = (model, optimizer, extra, ctl)
-    steps = {kind: [] for kind in KINDS}
-    optimizer_steps = {kind: [] for kind in KINDS}  # AdamW and, for TriAdaptLoRA, ctl.step (the refresh)
-    adamw_steps = {kind: [] for kind in KINDS}  # AdamW alone
+    phases = {kind: {phase: [] for phase in PHASES} for kind in KINDS}
     for round_index in range(args.rounds):  # interleaved, so that load on the machine hits every method alike
         for kind in (KINDS if round_index % 2 == 0 else tuple(reversed(KINDS))):
             model, optimizer, extra, ctl = setups[kind]
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                step(model, optimizer, extra, batch, ctl)
-                steps[kind].append(time.perf_counter() - start)
-                loss = model(**batch).loss + (extra() if extra is not None else 0)
-                loss.backward()
-                start = time.perf_counter()
-                optimizer.step()
-                stepped = time.perf_counter()
-                if ctl is not None:
-                    ctl.step(optimizer)  # the refresh belongs to the optimizer step
-                optimizer_steps[kind].append(time.perf_counter() - start)
-                adamw_steps[kind].append(stepped - start)
-                optimizer.zero_grad(set_to_none=True)
+            for _ in range(2 * args.steps):
+                for phase, seconds in timed_step(model, optimizer, extra, batch, ctl).items():
+                    phases[kind][phase].append(seconds)
     for kind in KINDS:
-        out["median_step_s"][kind] = statistics.median(steps[kind])
-        out["median_optimizer_step_s"][kind] = statistics.median(optimizer_steps[kind])
-        out["median_adamw_step_s"][kind] = statistics.median(adamw_steps[kind])
+        totals = [sum(parts) for parts in zip(*phases[kind].values())]
+        out["median_step_s"][kind] = statistics.median(totals)
+        out["median_phase_s"][kind] = {phase: statistics.median(v) for phase, v in phases[kind].items()}
+        out["median_adamw_step_s"][kind] = statistics.median(phases[kind]["AdamW"])
+        out["median_optimizer_step_s"][kind] = statistics.median(
+            [a + r for a, r in zip(phases[kind]["AdamW"], phases[kind]["refresh"])])
     base = "peft LoRA r=8"
     out["ratios"] = {kind: {"ops": out["ops_per_step"][kind] / out["ops_per_step"][base],
                             "step": out["median_step_s"][kind] / out["median_step_s"][base],

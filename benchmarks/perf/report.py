@@ -134,6 +134,12 @@ def dispatch_section(d: dict) -> list[str]:
     for kind, ops in d["ops_per_step"].items():
         lines.append(f"| {kind} | {ops:,} | {d['tensors'][kind]:,} | {d['median_step_s'][kind]:.3f} | "
                      f"{d['median_adamw_step_s'][kind] * 1e3:.2f} | {d['median_optimizer_step_s'][kind] * 1e3:.2f} |")
+    if "median_phase_s" in d:
+        phases = list(next(iter(d["median_phase_s"].values())))
+        lines += ["", "Where a step's time goes (median ms per phase):", "",
+                  "| method | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
+        for kind, parts in d["median_phase_s"].items():
+            lines.append(f"| {kind} | " + " | ".join(f"{parts[p] * 1e3:.2f}" for p in phases) + " |")
     tri, grow = d["ratios"][TRI], d["growing_run"]
     events = set(grow["event_steps"])
     after = [(i + 1, ops) for i, ops in enumerate(grow["ops_per_step"])][1:]
@@ -165,7 +171,11 @@ def dispatch_section(d: dict) -> list[str]:
               f"{d['median_step_s'][TRI] * 1e3:.0f} ms step: about 36 small kernels per pass, each a few µs of "
               "dispatch on a CPU; on a GPU each pass is one multi-tensor kernel). Before the young-row views "
               "(2026-11-30, commit c735174), the refresh worked on whole parameters and took about 3 ms "
-              "(optimizer step with refresh 4.24× peft LoRA's).", ""]
+              "(optimizer step with refresh 4.24× peft LoRA's). The rest of the step's gap is in the phase table: the "
+              "regulariser and the refresh (each about 1.5 ms here, neither of which peft LoRA has) and a slower "
+              "backward (the triangular core's `tril`, the split of the unit rows and the slice of the active rows "
+              "each add a backward node per matrix). Not tried yet: assembling every matrix's factors once per step "
+              "with batched operations per layout, instead of per layer inside its forward.", ""]
     return lines
 
 
