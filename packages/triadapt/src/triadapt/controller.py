@@ -30,6 +30,7 @@ from triadapt.planning import InjectionPlan, plan_injection
 from triadapt.plugins.registry import Registry, registry as current_registry
 from triadapt.regularization import orthogonal_penalty
 from triadapt.schedule import Schedule
+from triadapt.step_assembly import StepAssembly
 from triadapt.targets import model_type
 
 
@@ -93,6 +94,8 @@ class Controller:
         scorer.initialize(self.layers)
         self.refresher = UnitRefresher(self.layers)
         self._hook: Any = None
+        self.assembly = StepAssembly(self.layers.values())
+        self.assembly.install(model)
 
     # -- growth -----------------------------------------------------------------------------------
     @property
@@ -219,6 +222,7 @@ class Controller:
                 layer.unmerge()
             _replace(self.model, name, layer.base_layer)
         self.detach()
+        self.assembly.uninstall()
         self.layers = {}
         return self.model
 

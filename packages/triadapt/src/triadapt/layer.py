@@ -8,7 +8,7 @@ it take no part in the forward, so their gradient is zero.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +75,7 @@ class AdapterLayer(nn.Module):
         self.births = [0] * self.capacity  # optimizer step after which each unit joined (0: from the start)
         self._cached_factors: tuple[Factors, int] | None = None  # last training forward's factors
         self._live_units: Tensor | None = None  # under ZeRO-3: a view of the units taken in the training forward
+        self.assembly: Any = None  # the controller's StepAssembly (factors assembled once per model forward)
 
     # -- rank -------------------------------------------------------------------------------------
     @property
@@ -157,7 +158,8 @@ class AdapterLayer(nn.Module):
         result = self.base_layer(x, *args, **kwargs)
         if self.merged or self.rank == 0:
             return result
-        factors = self.factors()
+        factors = self.assembly.factors(self) if self.assembly is not None else None
+        factors = factors if factors is not None else self.factors()
         if self.training and torch.is_grad_enabled():
             if not self._factor_rows:  # the regulariser of this step reuses them (built-ins batch instead)
                 self._cached_factors = (factors, self.units._version)

@@ -40,6 +40,11 @@ class Factors:
         return self._up if self._up is not None else self._up_rows.t()
 
     @property
+    def up_rows(self) -> Tensor:
+        """Bᵀ (r, d) (with a leading batch dimension for factors assembled from stacked rows)."""
+        return self._up_rows if self._up_rows is not None else self._up.transpose(-2, -1)
+
+    @property
     def rank(self) -> int:
         return self.down.shape[0]
 
@@ -65,6 +70,7 @@ class Structure(ABC):
     """Interface of a structure strategy. Subclasses are stateless and shared by all layers."""
 
     name: str = ""
+    batched_rows: bool = False  # True: assemble_rows also takes stacked rows (G, r, width) (`triadapt.step_assembly`)
 
     @abstractmethod
     def unit_shapes(self, index: int, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
@@ -111,6 +117,7 @@ class TriangularStructure(Structure):
     """
 
     name = "triangular"
+    batched_rows = True
 
     def __init__(self, core_init: str = "gaussian") -> None:
         if core_init not in ("gaussian", "identity"):
@@ -170,11 +177,11 @@ class TriangularStructure(Structure):
         return Factors(down=down, up=up, core=core)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
-        rank, cap = rows.shape[0], layout.widths["l"]
+        rank, cap = rows.shape[-2], layout.widths["l"]
         # one split: A (r, n), Bᵀ (r, d), then the first r columns of the l and u parts (the rest is padding)
         down, up_rows, lower, _, upper_t, _ = rows.split(
-            [layout.widths["a"], layout.widths["b"], rank, cap - rank, rank, cap - rank], dim=1)
-        core = torch.tril(lower) + torch.tril(upper_t).t()  # L + U (row i of upper_t = column i of U)
+            [layout.widths["a"], layout.widths["b"], rank, cap - rank, rank, cap - rank], dim=-1)
+        core = torch.tril(lower) + torch.tril(upper_t).transpose(-2, -1)  # L + U (row i of upper_t = column i of U)
         return Factors(down=down, core=core, up_rows=up_rows)
 
 
@@ -182,6 +189,7 @@ class LoraStructure(Structure):
     """ΔW = B A, the LoRA baseline (paper Table I), grown by appending rows of A / columns of B."""
 
     name = "lora"
+    batched_rows = True
 
     def unit_shapes(self, index: int, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
         return {"a": (in_features,), "b": (out_features,)}
@@ -192,7 +200,7 @@ class LoraStructure(Structure):
         return Factors(down=down, up=up)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
-        down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=1)
+        down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=-1)
         return Factors(down=down, up_rows=up_rows)
 
     def importance_norms(self, layers: Sequence[Any]) -> list[float]:

@@ -1,0 +1,95 @@
+"""Assemble every adapter's factors once per model forward, in a few batched operations.
+
+Per layer, a forward would slice its unit rows, split them and build the core (for
+``triangular``: two ``tril``, a transpose, an add and D·A), each a dispatched operation with a
+backward node: about twenty per matrix and step, which on a GPU at fine-tuning batch sizes is
+launch overhead rather than arithmetic. `StepAssembly` does that work for all matrices of one
+layout together when the model's forward starts (a forward pre-hook on the model ``inject``
+wrapped): their unit rows are stacked, cut to the largest rank of the stack, rows beyond each
+matrix's own rank zeroed, and assembled by the structure's ``assemble_rows`` on the stack
+(built-ins accept a leading batch dimension; ``batched_rows = True``). Each layer then applies
+``x → (D·A) x → Bᵀ rows`` like LoRA's two linears. Rows beyond a matrix's rank are zero in
+D·A and in B, so the output is the same and their gradient stays exactly zero.
+
+A layer falls back to its own assembly when the structure does not batch, under DeepSpeed
+ZeRO-3 (parameters gathered per module), when it is called outside a forward of that model, or
+when its units or rank changed since the assembly. Inside a backward pass (non-reentrant
+gradient checkpointing recomputes the forward there) a layer reuses the assembled factors only
+if its forward used them with autograd on, so the recomputation saves the same tensors; under
+reentrant checkpointing the original forward ran without autograd and the recomputation
+assembles per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from triadapt.structures import Factors
+from triadapt.unit_storage import group_by_layout, rank_masks
+
+
+class _Entry:
+    __slots__ = ("factors", "rank", "version", "with_grad")
+
+    def __init__(self, factors: Factors, rank: int, version: int):
+        self.factors, self.rank, self.version, self.with_grad = factors, rank, version, False
+
+
+class StepAssembly:
+    """Per model forward, the batched factors of a controller's layers (see the module docstring)."""
+
+    def __init__(self, layers: Iterable[Any]):
+        self.layers = list(layers)
+        self.active = False
+        self._entries: dict[int, _Entry] = {}
+        self._handles: list[Any] = []
+
+    def install(self, model: nn.Module) -> None:
+        self._handles = [model.register_forward_pre_hook(self._begin),
+                         model.register_forward_hook(self._end, always_call=True)]
+        for layer in self.layers:
+            layer.assembly = self
+
+    def uninstall(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for layer in self.layers:
+            layer.assembly = None
+        self._entries = {}
+
+    def factors(self, layer: Any) -> Factors | None:
+        """The assembled factors for ``layer`` if they are valid here, else None (assemble per layer)."""
+        entry = self._entries.get(id(layer))
+        if entry is None or entry.rank != layer.rank or entry.version != layer.units._version:
+            return None
+        if self.active:
+            entry.with_grad = entry.with_grad or torch.is_grad_enabled()
+            return entry.factors
+        if entry.with_grad and torch._C._current_graph_task_id() != -1:  # a checkpointed forward, recomputed
+            return entry.factors
+        return None
+
+    def _begin(self, module: nn.Module, args: Any) -> None:
+        self._entries = {}
+        batchable = [layer for layer in self.layers if layer.rank > 0 and not layer.merged
+                     and getattr(layer.structure, "batched_rows", False) and not hasattr(layer.units, "ds_status")]
+        for (shape, _, dtype, device), group in group_by_layout(batchable).items():
+            ranks = tuple(layer.rank for layer in group)
+            top = max(ranks)
+            rows = torch.stack([layer.units for layer in group]).narrow(1, 0, top)  # (G, top, width)
+            if min(ranks) < top:
+                mask, _ = rank_masks(ranks, shape[0], dtype, device)
+                rows = rows * mask.narrow(1, 0, top)  # rows beyond each matrix's rank: zero
+            stacked = group[0].structure.assemble_rows(rows, group[0].layout)
+            down = stacked.down if stacked.core is None else torch.matmul(stacked.core, stacked.down)  # D·A
+            for layer, layer_down, layer_up in zip(group, down.unbind(0), stacked.up_rows.unbind(0)):
+                self._entries[id(layer)] = _Entry(Factors(down=layer_down, up_rows=layer_up), layer.rank,
+                                                  layer.units._version)
+        self.active = True
+
+    def _end(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.active = False
