@@ -9,7 +9,7 @@ from triadapt import TriAdaptConfig, inject
 from triadapt.layer import AdapterLayer
 from triadapt.regularization import orthogonal_penalty
 from triadapt.structures import LoraStructure
-from triadapt.testing.models import ToyModel
+from triadapt.testing.models import ToyModel, toy_batch
 
 
 def layer_with(a_rows, b_cols):
@@ -76,7 +76,8 @@ def test_group_penalty_gradient_matches_autograd(squared):
     units = [torch.randn(4, 9, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     mask, eye = rank_masks((1, 3, 4), 4, torch.float64, torch.device("cpu"))
     columns = ((0, 5), (5, 4))
-    assert torch.autograd.gradcheck(lambda *u: GroupPenalty.apply(mask, eye, columns, squared, *u), units)
+    assert torch.autograd.gradcheck(
+        lambda *u: GroupPenalty.apply(eye, columns, squared, torch.stack(u) * mask), units)
 
 
 def test_group_penalty_equals_one_by_one():
@@ -94,3 +95,36 @@ def test_group_penalty_equals_one_by_one():
         expected += [torch.linalg.matrix_norm(f.down @ f.down.T - torch.eye(layer.rank)),
                      torch.linalg.matrix_norm(f.up.T @ f.up - torch.eye(layer.rank))]
     torch.testing.assert_close(orthogonal_penalty(layers), torch.stack(expected).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_penalty_reuses_the_forward_stack_and_falls_back_after_a_backward():
+    """With the model's forward just run, the regulariser works on the rows step_assembly stacked (same
+    value and gradient as on its own stack); after a backward went through them it stacks its own."""
+    model = ToyModel()
+    ctl = inject(model, TriAdaptConfig(target_modules=ToyModel.targets, init_rank=1, ref_rank=3, max_rank=6, seed=0))
+    for index, layer in enumerate(ctl.layers.values()):
+        layer.grow(index % 3, step=0)
+    x = toy_batch()[0]
+    ctl.model(x).sum().backward()  # a backward through this forward's stacked rows
+    for layer in ctl.layers.values():
+        layer.units.grad = None
+    alone = ctl.orthogonal_loss()  # so the regulariser must stack its own (else: backward through a freed graph)
+    alone.backward()
+    expected = {name: layer.units.grad.clone() for name, layer in ctl.layers.items()}
+    stacks = []
+    for layer in ctl.layers.values():
+        layer.units.grad = None
+    out = ctl.model(x)
+    original = ctl.assembly.stacked_rows
+    ctl.assembly.stacked_rows = lambda layers: stacks.append(original(layers)) or stacks[-1]
+    reused = ctl.orthogonal_loss()
+    ctl.assembly.stacked_rows = original
+    assert stacks and all(rows is not None for rows in stacks)
+    torch.testing.assert_close(reused, alone)
+    (out.sum() + reused).backward()
+    both = {name: layer.units.grad.clone() for name, layer in ctl.layers.items()}
+    for layer in ctl.layers.values():
+        layer.units.grad = None
+    ctl.model(x).sum().backward()
+    for name, layer in ctl.layers.items():  # the penalty's share of the gradient, through the reused stack
+        torch.testing.assert_close(both[name] - layer.units.grad, expected[name])

@@ -169,7 +169,8 @@ class Controller:
         """λ · mean ‖P − I‖_F over the 2M factors (Eq. 10); zero outside training mode or with λ = 0."""
         if not self.model.training or self.config.orth_reg_weight == 0:
             return torch.zeros((), device=self._device())
-        penalty = orthogonal_penalty(self.layers.values(), squared=self.config.orth_reg_squared)
+        penalty = orthogonal_penalty(self.layers.values(), squared=self.config.orth_reg_squared,
+                                     stacked=self.assembly.stacked_rows)
         return self.config.orth_reg_weight * penalty
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

@@ -8,7 +8,7 @@ squared norm of the literal Eq. 10. The caller adds ``λ · R`` to its loss.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -24,13 +24,16 @@ def gram_deviation(gram: Tensor, squared: bool) -> Tensor:
     return value if squared else torch.sqrt(value)
 
 
-def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False) -> Tensor:
+def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False,
+                       stacked: Callable[[list[AdapterLayer]], Tensor | None] | None = None) -> Tensor:
     """Mean of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F over all active adapters (unweighted by λ).
 
     Matrices whose A and Bᵀ are column blocks of their unit rows (both built-in structures) are
-    handled in batches of the same layout (`GroupPenalty`); other structures go one by one.
+    handled in batches of the same layout (`GroupPenalty`), on the stacked rows this forward's
+    `triadapt.step_assembly` built when ``stacked`` returns them, else on a stack of their own;
+    other structures go one by one.
     """
-    groups: dict[tuple, list[tuple[int, Tensor]]] = {}
+    groups: dict[tuple, list[tuple[AdapterLayer, Tensor]]] = {}
     terms, total, count = [], None, 0
     for layer in layers:
         if layer.rank == 0 or layer.merged:
@@ -42,10 +45,14 @@ def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False) ->
             terms.append(gram_deviation(factors.up.T @ factors.up, squared).reshape(1))  # (r, r)
             continue
         units = layer.penalty_units()
-        groups.setdefault((tuple(units.shape), columns, units.dtype, units.device), []).append((layer.rank, units))
+        groups.setdefault((tuple(units.shape), columns, units.dtype, units.device), []).append((layer, units))
     for (shape, columns, dtype, device), group in groups.items():
-        mask, eye = rank_masks(tuple(rank for rank, _ in group), shape[0], dtype, device)  # (G, cap, 1), (G, cap, cap)
-        value = GroupPenalty.apply(mask, eye, columns, squared, *(units for _, units in group))
+        mask, eye = rank_masks(tuple(layer.rank for layer, _ in group), shape[0], dtype, device)
+        rows = stacked([layer for layer, _ in group]) if stacked is not None else None
+        if rows is None:
+            rows = torch.stack([units for _, units in group]) * mask  # (G, cap, width), rows >= rank zeroed
+        top = rows.shape[1]
+        value = GroupPenalty.apply(eye.narrow(1, 0, top).narrow(2, 0, top), columns, squared, rows)
         total = value if total is None else total + value
         count += len(columns) * len(group)
     if terms:
@@ -60,20 +67,19 @@ def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False) ->
 class GroupPenalty(torch.autograd.Function):
     """Σ over a stack of matrices and over their A and Bᵀ blocks of ‖X Xᵀ − I_r‖_F (or its square).
 
-    The unit parameters are stacked at full capacity with rows beyond each matrix's rank set to
-    zero, so ``X Xᵀ − diag(mask)`` is the r×r deviation padded with zeros and has the same norm.
-    The gradient is written by hand (one tensor for the whole stack, then one view per matrix):
-    with E = X Xᵀ − I (symmetric) and f = ‖E‖_F, ∂f/∂X = 2 E X / f and ∂f²/∂X = 4 E X; rows
-    beyond the rank get zero because E is zero there. Checked against autograd (gradcheck).
+    ``rows`` are the unit rows of the stack, (G, rows, width), with rows beyond each matrix's rank
+    zero, so ``X Xᵀ − eye`` (``eye``: each matrix's partial identity) is the r×r deviation padded
+    with zeros and has the same norm. The gradient is written by hand: with E = X Xᵀ − I
+    (symmetric) and f = ‖E‖_F, ∂f/∂X = 2 E X / f and ∂f²/∂X = 4 E X; rows beyond the rank get
+    zero because E is zero there. Checked against autograd (gradcheck).
     """
 
     @staticmethod
-    def forward(ctx, mask: Tensor, eye: Tensor, columns: tuple, squared: bool, *units: Tensor) -> Tensor:
-        rows = torch.stack(units) * mask  # (G, cap, width)
+    def forward(ctx, eye: Tensor, columns: tuple, squared: bool, rows: Tensor) -> Tensor:
         blocks, deviations, norms = [], [], []
-        for start, width in columns:  # A (G, cap, n), then Bᵀ (G, cap, d)
+        for start, width in columns:  # A (G, r, n), then Bᵀ (G, r, d)
             block = rows.narrow(2, start, width)
-            deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, cap, cap)
+            deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, r, r)
             blocks.append(block)
             deviations.append(deviation)
             norms.append(torch.linalg.vector_norm(deviation, dim=(1, 2)))  # (G,)
@@ -87,11 +93,11 @@ class GroupPenalty(torch.autograd.Function):
         saved, blocks_count = ctx.saved_tensors, len(ctx.columns)
         blocks, deviations = saved[:blocks_count], saved[blocks_count:2 * blocks_count]
         norms = saved[2 * blocks_count:]
-        out = blocks[0].new_zeros(ctx.shape)  # (G, cap, width)
+        out = blocks[0].new_zeros(ctx.shape)  # (G, r, width)
         for (start, width), block, deviation, norm in zip(ctx.columns, blocks, deviations, norms):
             if ctx.squared:
                 scale = (4.0 * grad).reshape(1, 1, 1)
             else:  # at an exact optimum E = 0, so E X = 0 whatever the (finite) scale
                 scale = (2.0 * grad / norm.clamp_min(torch.finfo(norm.dtype).tiny)).view(-1, 1, 1)
             torch.mul(torch.bmm(deviation, block), scale, out=out.narrow(2, start, width))
-        return (None, None, None, None, *out.unbind(0))
+        return None, None, None, out

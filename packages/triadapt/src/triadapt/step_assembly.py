@@ -9,7 +9,8 @@ wrapped): their unit rows are stacked, cut to the largest rank of the stack, row
 matrix's own rank zeroed, and assembled by the structure's ``assemble_rows`` on the stack
 (built-ins accept a leading batch dimension; ``batched_rows = True``). Each layer then applies
 ``x → (D·A) x → Bᵀ rows`` like LoRA's two linears. Rows beyond a matrix's rank are zero in
-D·A and in B, so the output is the same and their gradient stays exactly zero.
+D·A and in B, so the output is the same and their gradient stays exactly zero. The orthogonal
+regulariser of the same step reuses the stacked rows (`stacked_rows`).
 
 A layer falls back to its own assembly when the structure does not batch, under DeepSpeed
 ZeRO-3 (parameters gathered per module), when it is called outside a forward of that model, or
@@ -38,6 +39,13 @@ class _Entry:
         self.factors, self.rank, self.version, self.with_grad = factors, rank, version, False
 
 
+class _Stack:
+    __slots__ = ("rows", "ranks", "versions", "consumed")
+
+    def __init__(self, rows: torch.Tensor, ranks: tuple[int, ...], versions: tuple[int, ...]):
+        self.rows, self.ranks, self.versions, self.consumed = rows, ranks, versions, False
+
+
 class StepAssembly:
     """Per model forward, the batched factors of a controller's layers (see the module docstring)."""
 
@@ -45,6 +53,7 @@ class StepAssembly:
         self.layers = list(layers)
         self.active = False
         self._entries: dict[int, _Entry] = {}
+        self._stacks: dict[tuple[int, ...], _Stack] = {}  # layer ids of a layout group -> its stacked rows
         self._handles: list[Any] = []
 
     def install(self, model: nn.Module) -> None:
@@ -59,7 +68,7 @@ class StepAssembly:
         self._handles = []
         for layer in self.layers:
             layer.assembly = None
-        self._entries = {}
+        self._entries, self._stacks = {}, {}
 
     def factors(self, layer: Any) -> Factors | None:
         """The assembled factors for ``layer`` if they are valid here, else None (assemble per layer)."""
@@ -73,8 +82,17 @@ class StepAssembly:
             return entry.factors
         return None
 
+    def stacked_rows(self, layers: list[Any]) -> torch.Tensor | None:
+        """The stacked, rank-masked unit rows (G, top, width) this forward built for exactly ``layers`` (the
+        regulariser reuses them), while no backward has gone through them and nothing changed; else None."""
+        stack = self._stacks.get(tuple(id(layer) for layer in layers))
+        if (stack is None or stack.consumed or stack.ranks != tuple(layer.rank for layer in layers)
+                or stack.versions != tuple(layer.units._version for layer in layers)):
+            return None
+        return stack.rows
+
     def _begin(self, module: nn.Module, args: Any) -> None:
-        self._entries = {}
+        self._entries, self._stacks = {}, {}
         batchable = [layer for layer in self.layers if layer.rank > 0 and not layer.merged
                      and getattr(layer.structure, "batched_rows", False) and not hasattr(layer.units, "ds_status")]
         for (shape, _, dtype, device), group in group_by_layout(batchable).items():
@@ -84,6 +102,10 @@ class StepAssembly:
             if min(ranks) < top:
                 mask, _ = rank_masks(ranks, shape[0], dtype, device)
                 rows = rows * mask.narrow(1, 0, top)  # rows beyond each matrix's rank: zero
+            stack = _Stack(rows, ranks, tuple(layer.units._version for layer in group))
+            if rows.requires_grad:  # once a backward went through them, their graph is gone
+                rows.register_hook(lambda grad, stack=stack: setattr(stack, "consumed", True))
+            self._stacks[tuple(id(layer) for layer in group)] = stack
             stacked = group[0].structure.assemble_rows(rows, group[0].layout)
             down = stacked.down if stacked.core is None else torch.matmul(stacked.core, stacked.down)  # D·A
             for layer, layer_down, layer_up in zip(group, down.unbind(0), stacked.up_rows.unbind(0)):
