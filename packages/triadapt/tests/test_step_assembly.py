@@ -155,3 +155,26 @@ def test_a_block_checkpointed_on_its_own_after_an_update_does_not_reuse_stale_fa
         checkpoint(ctl.model.blocks[0], x, use_reentrant=False).square().sum().backward()
     for name, layer in batched.layers.items():
         torch.testing.assert_close(layer.units.grad, reference.layers[name].units.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_core", [True, False], ids=["triangular", "lora"])
+def test_stacked_factors_gradient_matches_autograd(with_core):
+    """The hand-written backward of the fused stacked assembly against torch.autograd.gradcheck."""
+    from triadapt.stacked_factors import StackedFactors
+    from triadapt.unit_storage import rank_masks
+
+    torch.manual_seed(0)
+    cap, n, d = 5, 3, 4
+    width = n + d + (2 * cap if with_core else 0)
+    stack = torch.randn(3, cap, width, requires_grad=True)
+    ranks = (1, 4, 3)
+    mask = rank_masks(ranks, cap, torch.float64, torch.device("cpu"))[0].narrow(1, 0, 4)
+    blocks = ((0, n), (n, d), (n + d, n + d + cap) if with_core else None)
+    weights = [torch.randn(3, 4, size) for size in (n, d, width)]  # a loss that uses all three outputs
+
+    def loss(s):
+        return sum((out * w).sum() for out, w in zip(StackedFactors.apply(s, mask, 4, blocks), weights))
+
+    assert torch.autograd.gradcheck(loss, (stack,))
+    loss(stack).backward()
+    assert torch.count_nonzero(stack.grad[0, 1:]) == 0 and torch.count_nonzero(stack.grad[:, 4:]) == 0

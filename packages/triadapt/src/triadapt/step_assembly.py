@@ -5,9 +5,10 @@ Per layer, a forward would slice its unit rows, split them and build the core (f
 backward node: about twenty per matrix and step, which on a GPU at fine-tuning batch sizes is
 launch overhead rather than arithmetic. `StepAssembly` does that work for all matrices of one
 layout together when the model's forward starts (a forward pre-hook on the model ``inject``
-wrapped): their unit rows are stacked, cut to the largest rank of the stack, rows beyond each
-matrix's own rank zeroed, and assembled by the structure's ``assemble_rows`` on the stack
-(built-ins accept a leading batch dimension; ``batched_rows = True``). Each layer then applies
+wrapped): their unit parameters are stacked, cut to the largest rank of the stack, rows beyond
+each matrix's own rank zeroed, and assembled by the structure's ``assemble_stack`` (for the
+built-ins one autograd node, `triadapt.stacked_factors`; a plugin structure that sets
+``batched_rows`` gets its ``assemble_rows`` run on the stack). Each layer then applies
 ``x → (D·A) x → Bᵀ rows`` like LoRA's two linears. Rows beyond a matrix's rank are zero in
 D·A and in B, so the output is the same and their gradient stays exactly zero. The orthogonal
 regulariser of the same step reuses the stacked rows (`stacked_rows`).
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from triadapt.structures import Factors
-from triadapt.unit_storage import group_by_layout, rank_masks
+from triadapt.unit_storage import group_by_layout
 
 
 class _Entry:
@@ -95,20 +96,15 @@ class StepAssembly:
         self._entries, self._stacks = {}, {}
         batchable = [layer for layer in self.layers if layer.rank > 0 and not layer.merged
                      and getattr(layer.structure, "batched_rows", False) and not hasattr(layer.units, "ds_status")]
-        for (shape, _, dtype, device), group in group_by_layout(batchable).items():
+        for group in group_by_layout(batchable).values():
             ranks = tuple(layer.rank for layer in group)
-            top = max(ranks)
-            rows = torch.stack([layer.units for layer in group]).narrow(1, 0, top)  # (G, top, width)
-            if min(ranks) < top:
-                mask, _ = rank_masks(ranks, shape[0], dtype, device)
-                rows = rows * mask.narrow(1, 0, top)  # rows beyond each matrix's rank: zero
-            stack = _Stack(rows, ranks, tuple(layer.units._version for layer in group))
+            stack = torch.stack([layer.units for layer in group])  # (G, capacity, width)
+            down, up_rows, rows = group[0].structure.assemble_stack(stack, ranks, group[0].layout)
+            stack_entry = _Stack(rows, ranks, tuple(layer.units._version for layer in group))
             if rows.requires_grad:  # once a backward went through them, their graph is gone
-                rows.register_hook(lambda grad, stack=stack: setattr(stack, "consumed", True))
-            self._stacks[tuple(id(layer) for layer in group)] = stack
-            stacked = group[0].structure.assemble_rows(rows, group[0].layout)
-            down = stacked.down if stacked.core is None else torch.matmul(stacked.core, stacked.down)  # D·A
-            for layer, layer_down, layer_up in zip(group, down.unbind(0), stacked.up_rows.unbind(0)):
+                rows.register_hook(lambda grad, entry=stack_entry: setattr(entry, "consumed", True))
+            self._stacks[tuple(id(layer) for layer in group)] = stack_entry
+            for layer, layer_down, layer_up in zip(group, down.unbind(0), up_rows.unbind(0)):
                 self._entries[id(layer)] = _Entry(Factors(down=layer_down, up_rows=layer_up), layer.rank,
                                                   layer.units._version)
         self.active = True

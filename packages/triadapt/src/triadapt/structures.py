@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from triadapt.stacked_factors import StackedFactors
 from triadapt.unit_storage import UnitLayout, group_by_layout, rank_masks
 
 
@@ -70,7 +71,7 @@ class Structure(ABC):
     """Interface of a structure strategy. Subclasses are stateless and shared by all layers."""
 
     name: str = ""
-    batched_rows: bool = False  # True: assemble_rows also takes stacked rows (G, r, width) (`triadapt.step_assembly`)
+    batched_rows: bool = False  # True: assemble_rows also takes stacked rows (G, r, width), see assemble_stack
 
     @abstractmethod
     def unit_shapes(self, index: int, in_features: int, out_features: int) -> dict[str, tuple[int, ...]]:
@@ -83,6 +84,19 @@ class Structure(ABC):
     def assemble_rows(self, rows: Tensor, layout: "UnitLayout") -> Factors:
         """Factors from the active unit rows ``(rank, width)``; override to skip per-unit views."""
         return self.assemble([layout.unit_views(rows[index], index) for index in range(rows.shape[0])])
+
+    def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
+                       layout: "UnitLayout") -> tuple[Tensor, Tensor, Tensor]:
+        """Factors of G matrices at once (`triadapt.step_assembly`, only if ``batched_rows``) from their stacked
+        unit parameters ``(G, capacity, width)`` at ``ranks``, top = max(ranks): the down factor with the core
+        folded in (D·A, or A) ``(G, top, n)``, Bᵀ ``(G, top, d)``, and the rows ``(G, top, width)`` with each
+        matrix's rows beyond its rank zeroed (the orthogonal regulariser reuses them)."""
+        top = max(ranks)
+        mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
+        rows = stack.narrow(1, 0, top) * mask.narrow(1, 0, top)
+        factors = self.assemble_rows(rows, layout)
+        down = factors.down if factors.core is None else torch.matmul(factors.core, factors.down)
+        return down, factors.up_rows, rows
 
     def init_unit(self, index: int, params: Mapping[str, Tensor], *, initial: bool, std: float,
                   generator: torch.Generator | None) -> None:
@@ -176,6 +190,14 @@ class TriangularStructure(Structure):
         core = core.index_put((cols, rows), upper, accumulate=True)  # + U
         return Factors(down=down, up=up, core=core)
 
+    def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
+                       layout: UnitLayout) -> tuple[Tensor, Tensor, Tensor]:
+        top = max(ranks)
+        mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
+        blocks = ((layout.offsets["a"], layout.widths["a"]), (layout.offsets["b"], layout.widths["b"]),
+                  (layout.offsets["l"], layout.offsets["u"]))
+        return StackedFactors.apply(stack, mask.narrow(1, 0, top), top, blocks)
+
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
         rank, cap = rows.shape[-2], layout.widths["l"]
         # one split: A (r, n), Bᵀ (r, d), then the first r columns of the l and u parts (the rest is padding)
@@ -198,6 +220,13 @@ class LoraStructure(Structure):
         down = torch.stack([u["a"] for u in units])  # (r, n)
         up = torch.stack([u["b"] for u in units], dim=1)  # (d, r)
         return Factors(down=down, up=up)
+
+    def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
+                       layout: UnitLayout) -> tuple[Tensor, Tensor, Tensor]:
+        top = max(ranks)
+        mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
+        blocks = ((layout.offsets["a"], layout.widths["a"]), (layout.offsets["b"], layout.widths["b"]), None)
+        return StackedFactors.apply(stack, mask.narrow(1, 0, top), top, blocks)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
         down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=-1)
