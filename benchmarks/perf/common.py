@@ -117,11 +117,15 @@ def provenance(threads: int) -> dict[str, str]:
 
 
 def commit() -> str:
+    """HEAD, with ``+changes`` when the measured code (packages/, plugins/) differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "packages", "plugins"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if changed else "")
 
 
 def parse_args(doc: str, rounds: int, steps: int | None = None):
