@@ -141,6 +141,10 @@ def dispatch_section(d: dict) -> list[str]:
         for kind, parts in d["median_phase_s"].items():
             lines.append(f"| {kind} | " + " | ".join(f"{parts[p] * 1e3:.2f}" for p in phases) + " |")
     tri, grow = d["ratios"][TRI], d["growing_run"]
+    phase = d.get("median_phase_s", {})
+    tri_refresh = phase.get(TRI, {}).get("refresh", 0.0) * 1e3
+    tri_reg = phase.get(TRI, {}).get("regulariser", 0.0) * 1e3
+    tri_bwd = (phase.get(TRI, {}).get("backward", 0.0) - phase.get("peft LoRA r=8", {}).get("backward", 0.0)) * 1e3
     events = set(grow["event_steps"])
     after = [(i + 1, ops) for i, ops in enumerate(grow["ops_per_step"])][1:]
     worst_step, worst = max(after, key=lambda item: item[1])
@@ -161,21 +165,17 @@ def dispatch_section(d: dict) -> list[str]:
               + " (* growth event).", "",
               "Before the storage change (2026-11-29, commit 5e70b0d, every rank unit a parameter of its own): "
               "6,329 operations per step (4.44×), 2,306 trainable tensors, optimizer step 4.0×, step 1.87× (measured "
-              "under load). Now each matrix is one parameter whose rows are its units ([concepts](concepts.md#static-storage)): "
-              "the forward splits the active rows once, and the optimizer walks one tensor per matrix. What is left: "
-              "the triangular core (two `tril`, a transpose, D·A) costs about 18 operations per matrix more than "
-              "LoRA's two linears; the optimizer steps the reserved rows too (AdamW work grows with the capacity, "
-              "here 2× the rank) and keeps their state; and `triadapt.fresh_units` spends five `torch._foreach_*` passes "
-              "per step over views of the young rows (on this CPU "
-              f"{(d['median_optimizer_step_s'][TRI] - d['median_adamw_step_s'][TRI]) * 1e3:.1f} ms of a "
-              f"{d['median_step_s'][TRI] * 1e3:.0f} ms step: about 36 small kernels per pass, each a few µs of "
-              "dispatch on a CPU; on a GPU each pass is one multi-tensor kernel). Before the young-row views "
-              "(2026-11-30, commit c735174), the refresh worked on whole parameters and took about 3 ms "
-              "(optimizer step with refresh 4.24× peft LoRA's). The rest of the step's gap is in the phase table: the "
-              "regulariser and the refresh (each about 1.5 ms here, neither of which peft LoRA has) and a slower "
-              "backward (the triangular core's `tril`, the split of the unit rows and the slice of the active rows "
-              "each add a backward node per matrix). Not tried yet: assembling every matrix's factors once per step "
-              "with batched operations per layout, instead of per layer inside its forward.", ""]
+              "under load). With one parameter per matrix and each layer assembling its own factors (2026-11-30, "
+              "commit c735174): 2,039 operations (1.43×), step 1.28×, optimizer step with refresh 4.24×. Now the "
+              "factors of all matrices of one layout are assembled once per forward in one autograd node "
+              "([concepts](concepts.md#static-storage), `triadapt.step_assembly`, `triadapt.stacked_factors`), "
+              "the regulariser reuses that stack, and the refresh works on cached views of the young rows only. "
+              "What is left of the gap, from the phase table: the refresh (five `torch._foreach_*` passes over "
+              f"views of the young rows: {tri_refresh:.1f} ms here, about 36 small kernels per pass of a few µs "
+              "each on a CPU, one multi-tensor kernel per pass on a GPU) and the regulariser "
+              f"({tri_reg:.1f} ms), neither of which peft LoRA has, and a backward "
+              f"{tri_bwd:.1f} ms longer (the stack's gradient is written at the full capacity, 2× the rank here, "
+              "and the gradient accumulation copies it per matrix).", ""]
     return lines
 
 
