@@ -178,3 +178,24 @@ def test_stacked_factors_gradient_matches_autograd(with_core):
     assert torch.autograd.gradcheck(loss, (stack,))
     loss(stack).backward()
     assert torch.count_nonzero(stack.grad[0, 1:]) == 0 and torch.count_nonzero(stack.grad[:, 4:]) == 0
+
+
+def test_forward_and_regulariser_under_bf16_autocast():
+    """Mixed precision: the model's forward and the regulariser inside torch.autocast (bf16). The batched
+    assembly and the penalty compute in the units' dtype, so their hand-written backwards get matching dtypes
+    (a bf16 core against fp32 factors failed before); the gradient stays near the fp32 one."""
+    torch.set_default_dtype(torch.float32)
+    batched, _ = pair("triangular")
+    grads = []
+    for autocast in (True, False):
+        x, y = toy_batch()
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = nn.functional.cross_entropy(batched.model(x), y) + batched.orthogonal_loss()
+        loss.backward()
+        grads.append({name: layer.units.grad.clone() for name, layer in batched.layers.items()})
+        for layer in batched.layers.values():
+            layer.units.grad = None
+    for name in grads[0]:
+        assert grads[0][name].dtype == torch.float32 and torch.isfinite(grads[0][name]).all()
+        error = torch.linalg.norm(grads[0][name] - grads[1][name]) / torch.linalg.norm(grads[1][name])
+        assert error < 0.1, (name, float(error))  # bf16 rounding of the base layers and the adapter products

@@ -77,12 +77,13 @@ class GroupPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, eye: Tensor, columns: tuple, squared: bool, rows: Tensor) -> Tensor:
         blocks, deviations, norms = [], [], []
-        for start, width in columns:  # A (G, r, n), then Bᵀ (G, r, d)
-            block = rows.narrow(2, start, width)
-            deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, r, r)
-            blocks.append(block)
-            deviations.append(deviation)
-            norms.append(torch.linalg.vector_norm(deviation, dim=(1, 2)))  # (G,)
+        with torch.autocast(device_type=rows.device.type, enabled=False):  # in the units' dtype, as the backward
+            for start, width in columns:  # A (G, r, n), then Bᵀ (G, r, d)
+                block = rows.narrow(2, start, width)
+                deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, r, r)
+                blocks.append(block)
+                deviations.append(deviation)
+                norms.append(torch.linalg.vector_norm(deviation, dim=(1, 2)))  # (G,)
         ctx.save_for_backward(*blocks, *deviations, *norms)
         ctx.columns, ctx.squared, ctx.shape = columns, squared, rows.shape
         values = torch.cat(norms)

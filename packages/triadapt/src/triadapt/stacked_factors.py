@@ -31,15 +31,16 @@ class StackedFactors(torch.autograd.Function):
     @staticmethod
     def forward(ctx, stack: Tensor, mask: Tensor, top: int, blocks: tuple) -> tuple[Tensor, Tensor, Tensor]:
         (a_start, n), (b_start, d), core_starts = blocks
-        rows = stack[:, :top] * mask  # (G, top, width)
-        down = rows[..., a_start:a_start + n]
-        up_rows = rows[..., b_start:b_start + d]
-        core = None
-        if core_starts is not None:
-            l_start, u_start = core_starts
-            core = (torch.tril(rows[..., l_start:l_start + top])
-                    + torch.tril(rows[..., u_start:u_start + top]).transpose(-2, -1))  # (G, top, top)
-            down = torch.bmm(core, down)  # D·A (G, top, n)
+        with torch.autocast(device_type=stack.device.type, enabled=False):  # in the units' dtype, as the backward
+            rows = stack[:, :top] * mask  # (G, top, width)
+            down = rows[..., a_start:a_start + n]
+            up_rows = rows[..., b_start:b_start + d]
+            core = None
+            if core_starts is not None:
+                l_start, u_start = core_starts
+                core = (torch.tril(rows[..., l_start:l_start + top])
+                        + torch.tril(rows[..., u_start:u_start + top]).transpose(-2, -1))  # (G, top, top)
+                down = torch.bmm(core, down)  # D·A (G, top, n)
         ctx.save_for_backward(mask, rows[..., a_start:a_start + n], core)
         ctx.top, ctx.blocks, ctx.shape = top, blocks, stack.shape
         return down, up_rows, rows
