@@ -46,8 +46,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """On a machine with one CUDA GPU: bf16 training under DeepSpeed ZeRO-2 and ZeRO-3, tested, and the SFT
-    throughput and memory benchmark against peft LoRA (benchmarks/perf/gpu_sft.py; not part of CPU CI)."""
+    """On a machine with one CUDA GPU: bf16 training under DeepSpeed ZeRO-2 and ZeRO-3, tested, the SFT
+    throughput and memory benchmark against peft LoRA (benchmarks/perf/gpu_sft.py) and the bf16 step time on a
+    DeBERTa-v3-base-sized model (benchmarks/perf/gpu_step.py); not part of CPU CI."""
     session.install("--no-compile", *[p for p in RUNTIME if not p.startswith("torch")], "torch==2.13.0",
                     "deepspeed==0.19.8")
     session.install("--no-compile", "-e", "packages/triadapt[test]", "-e", "packages/triadapt-runner[test,deepspeed]")
@@ -57,6 +58,8 @@ def gpu(session: nox.Session) -> None:
                 *session.posargs, env=OFFLINE)
     # SFT on SmolLM2 in bf16 under ZeRO-2 and ZeRO-3: tokens/s and peak memory against peft LoRA
     session.run("python", "benchmarks/perf/gpu_sft.py", env={**OFFLINE, **os.environ})
+    # training-step time, DeBERTa-v3-base-sized, bf16, batch 32 x 128: TriAdaptLoRA vs peft LoRA (issue #14)
+    session.run("python", "benchmarks/perf/gpu_step.py", env={**OFFLINE, **os.environ})
     session.run("python", "benchmarks/perf/report.py", env={**OFFLINE, **os.environ})  # its section of performance.md
 
 
