@@ -20,8 +20,21 @@ Checked against autograd with gradcheck.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+
+from triadapt.unit_storage import rank_masks
+
+
+def stacked_factors(stack: Tensor, ranks: tuple[int, ...], layout: Any, core: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """`Structure.assemble_stack` of the built-ins: rows ``a`` and ``b`` (and ``l``, ``u`` with ``core``)."""
+    top = max(ranks)
+    mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
+    blocks = ((layout.offsets["a"], layout.widths["a"]), (layout.offsets["b"], layout.widths["b"]),
+              (layout.offsets["l"], layout.offsets["u"]) if core else None)
+    return StackedFactors.apply(stack, mask.narrow(1, 0, top), top, blocks)
 
 
 class StackedFactors(torch.autograd.Function):

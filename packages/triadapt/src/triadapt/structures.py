@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from triadapt.stacked_factors import StackedFactors
+from triadapt.stacked_factors import stacked_factors
 from triadapt.unit_storage import UnitLayout, group_by_layout, rank_masks
 
 
@@ -192,11 +192,7 @@ class TriangularStructure(Structure):
 
     def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
                        layout: UnitLayout) -> tuple[Tensor, Tensor, Tensor]:
-        top = max(ranks)
-        mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
-        blocks = ((layout.offsets["a"], layout.widths["a"]), (layout.offsets["b"], layout.widths["b"]),
-                  (layout.offsets["l"], layout.offsets["u"]))
-        return StackedFactors.apply(stack, mask.narrow(1, 0, top), top, blocks)
+        return stacked_factors(stack, ranks, layout, core=True)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
         rank, cap = rows.shape[-2], layout.widths["l"]
@@ -223,10 +219,7 @@ class LoraStructure(Structure):
 
     def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
                        layout: UnitLayout) -> tuple[Tensor, Tensor, Tensor]:
-        top = max(ranks)
-        mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
-        blocks = ((layout.offsets["a"], layout.widths["a"]), (layout.offsets["b"], layout.widths["b"]), None)
-        return StackedFactors.apply(stack, mask.narrow(1, 0, top), top, blocks)
+        return stacked_factors(stack, ranks, layout, core=False)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
         down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=-1)
