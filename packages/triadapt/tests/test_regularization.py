@@ -128,3 +128,15 @@ def test_the_penalty_reuses_the_forward_stack_and_falls_back_after_a_backward():
     ctl.model(x).sum().backward()
     for name, layer in ctl.layers.items():  # the penalty's share of the gradient, through the reused stack
         torch.testing.assert_close(both[name] - layer.units.grad, expected[name])
+
+
+def test_a_penalty_after_a_no_grad_forward_still_has_a_gradient():
+    """An evaluation forward under no_grad, then the penalty with autograd on (before the next forward): the
+    no-grad stack must not be reused, or the penalty would give the units no gradient."""
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=ToyModel.targets, init_rank=2, ref_rank=3, max_rank=6,
+                                            seed=0))
+    with torch.no_grad():
+        ctl.model(toy_batch()[0])
+    ctl.orthogonal_loss().backward()
+    assert all(layer.units.grad is not None and torch.count_nonzero(layer.units.grad) > 0
+               for layer in ctl.layers.values())

@@ -88,7 +88,8 @@ class StepAssembly:
         regulariser reuses them), while no backward has gone through them and nothing changed; else None."""
         stack = self._stacks.get(tuple(id(layer) for layer in layers))
         if (stack is None or stack.consumed or stack.ranks != tuple(layer.rank for layer in layers)
-                or stack.versions != tuple(layer.units._version for layer in layers)):
+                or stack.versions != tuple(layer.units._version for layer in layers)
+                or (torch.is_grad_enabled() and not stack.rows.requires_grad)):  # built without autograd
             return None
         return stack.rows
 
