@@ -48,3 +48,6 @@ for step in range(8):
                    "total_rank": sum(ctl.ranks.values())})
     optimizer.zero_grad(set_to_none=True)
 Path(sys.argv[1], f"units{dist.get_rank()}.json").write_text(json.dumps(checks))
+del ddp  # the DDP reducer's threads end before the process group does; then leave the group cleanly (an exit with
+dist.barrier()  # both alive aborted a process once: "terminate called without an active exception")
+dist.destroy_process_group()
