@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -99,16 +100,24 @@ class Setup:
         times = []
         for _ in range(count):
             start = time.perf_counter()
-            loss = self.model(**batch).loss
-            if self.extra is not None:
-                loss = loss + self.extra()
-            loss.backward()
-            self.optimizer.step()
-            if self.controller is not None:
-                self.controller.step(self.optimizer)  # growth bookkeeping and the fresh-unit refresh
-            self.optimizer.zero_grad(set_to_none=True)
+            train_step(self.model, self.optimizer, self.extra, batch, self.controller)
             times.append(time.perf_counter() - start)
         return times
+
+
+def train_step(model, optimizer, extra, batch: dict, ctl=None, autocast=None) -> None:
+    """One training step as the runner does it: forward (inside ``autocast`` if given), the extra loss (the
+    orthogonal regulariser), backward, the optimizer, ``ctl.step(optimizer)`` (growth bookkeeping and the
+    fresh-unit refresh), zero_grad."""
+    with autocast if autocast is not None else contextlib.nullcontext():
+        loss = model(**batch).loss
+    if extra is not None:
+        loss = loss + extra()
+    loss.backward()
+    optimizer.step()
+    if ctl is not None:
+        ctl.step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
 
 
 def provenance(threads: int) -> dict[str, str]:

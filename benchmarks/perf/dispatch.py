@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from common import BERT_TARGETS, RESULTS, base_model, make_batch, parse_args, provenance
+from common import BERT_TARGETS, RESULTS, base_model, make_batch, parse_args, provenance, train_step
 
 KINDS = ("peft LoRA r=8", "triangular r=8 (capacity 16)", "lora structure r=8 (capacity 16)")
 
@@ -57,17 +57,6 @@ def growing(total_steps: int):
     return model, list(ctl.trainable_parameters()), ctl.orthogonal_loss, ctl
 
 
-def step(model, optimizer, extra, batch, ctl=None) -> None:
-    loss = model(**batch).loss
-    if extra is not None:
-        loss = loss + extra()
-    loss.backward()
-    optimizer.step()
-    if ctl is not None:
-        ctl.step(optimizer)  # growth bookkeeping and the fresh-unit refresh, as in training
-    optimizer.zero_grad(set_to_none=True)
-
-
 PHASES = ("forward", "regulariser", "backward", "AdamW", "refresh", "zero_grad")
 
 
@@ -96,7 +85,7 @@ def top_level_ops(model, optimizer, extra, batch, ctl=None) -> collections.Count
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(model, optimizer, extra, batch, ctl)
+        train_step(model, optimizer, extra, batch, ctl)
 
     def top(event) -> bool:
         parent = event.cpu_parent
@@ -148,7 +137,7 @@ def main() -> None:
         model.train()
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
         for _ in range(3):
-            step(model, optimizer, extra, batch, ctl)
+            train_step(model, optimizer, extra, batch, ctl)
         ops = top_level_ops(model, optimizer, extra, batch, ctl)
         out["ops_per_step"][kind] = sum(ops.values())
         out["top_ops"][kind] = dict(ops.most_common(6))

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from common import RESULTS, provenance
+from common import RESULTS, provenance, train_step
 
 TARGETS = ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"]
 TARGET = 1.05  # TriAdaptLoRA step time relative to peft LoRA (issue #14)
@@ -62,15 +62,8 @@ def timed_step(setup, batch, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        loss = model(**batch).loss
-    if extra is not None:
-        loss = loss + extra()
-    loss.backward()
-    optimizer.step()
-    if ctl is not None:
-        ctl.step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
+    train_step(model, optimizer, extra, batch, ctl, autocast=torch.autocast(device_type=device.type,
+                                                                           dtype=torch.bfloat16))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

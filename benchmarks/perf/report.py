@@ -203,14 +203,19 @@ def llm_section(llm: dict) -> list[str]:
     return lines
 
 
+def not_measured(what: str, smoke: str) -> list[str]:
+    """The paragraph of a GPU benchmark that has no results yet."""
+    return [f"{what} **Not measured yet**: no CUDA GPU was available to the sessions that built it. Its path was "
+            f"checked on the CPU (`--smoke-on-cpu`, {smoke}); CPU figures are not results.", ""]
+
+
 def gpu_step_section() -> list[str]:
     lines = ["## On a CUDA GPU: training step in bf16, DeBERTa-v3-base-sized", ""]
     if not (RESULTS / "gpu_step.json").is_file():
-        return lines + ["`nox -s gpu` also runs `benchmarks/perf/gpu_step.py`: a DeBERTa-v3-base-sized model (random "
-                        "initialisation), batch 32 × 128, bf16 autocast, TriAdaptLoRA triangular at rank 8 (capacity "
-                        "16, orthogonal loss, refresh) against peft LoRA r=8, target ≤ 1.05×. **Not measured yet**: "
-                        "no CUDA GPU was available to the sessions that built it. Its path was checked on the CPU "
-                        "(`--smoke-on-cpu`, a tiny DeBERTa-v2, bf16 autocast); CPU figures are not results.", ""]
+        return lines + not_measured("`nox -s gpu` also runs `benchmarks/perf/gpu_step.py`: a DeBERTa-v3-base-sized "
+                                    "model (random initialisation), batch 32 × 128, bf16 autocast, TriAdaptLoRA "
+                                    "triangular at rank 8 (capacity 16, orthogonal loss, refresh) against peft LoRA "
+                                    "r=8, target ≤ 1.05×.", "a tiny DeBERTa-v2, bf16 autocast")
     g = load("gpu_step")
     lines += [f"{g['setup']}; {g['date']}, commit {g['commit']}, {g['device']}.", "",
               "| method | median step (s) |", "|---|---|"]
@@ -223,11 +228,10 @@ def gpu_step_section() -> list[str]:
 def gpu_section() -> list[str]:
     lines = ["## On a CUDA GPU: SFT in bf16 under ZeRO-2 and ZeRO-3", ""]
     if not (RESULTS / "gpu_sft.json").is_file():
-        return lines + ["`nox -s gpu` (`benchmarks/perf/gpu_sft.py`) trains SmolLM2-135M-Instruct SFT in bf16 under "
-                        "ZeRO-2 and ZeRO-3 on one CUDA GPU, peft LoRA vs TriAdaptLoRA at rank 8, and writes "
-                        "tokens/s and peak GPU memory here. **Not measured yet**: no CUDA GPU was available to the "
-                        "sessions that built it. Its path was checked on the CPU (`--smoke-on-cpu`, a tiny "
-                        "random Llama, bf16, both stages, both methods); CPU figures are not results.", ""]
+        return lines + not_measured("`nox -s gpu` (`benchmarks/perf/gpu_sft.py`) trains SmolLM2-135M-Instruct SFT in "
+                                    "bf16 under ZeRO-2 and ZeRO-3 on one CUDA GPU, peft LoRA vs TriAdaptLoRA at rank "
+                                    "8, and writes tokens/s and peak GPU memory here.",
+                                    "a tiny random Llama, bf16, both stages, both methods")
     g = load("gpu_sft")
     lines += [f"{g['setup']}; {g['date']}, commit {g['commit']}, "
               f"{next(iter(g['cells'].values()))['device']}.", "",

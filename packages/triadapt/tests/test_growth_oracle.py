@@ -64,12 +64,7 @@ class OracleLinear(nn.Module):
         return self.base(x) + self.alpha / (self.rank + self.eps) * (x @ (B @ D @ A).T)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def build_pair(structure, increment, seed=0):

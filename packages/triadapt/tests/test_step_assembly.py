@@ -29,12 +29,7 @@ class CheckpointedToy(ToyModel):
         return self.classifier(x)
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def injected(structure, model=None):
