@@ -166,16 +166,19 @@ def dispatch_section(d: dict) -> list[str]:
               "Before the storage change (2026-11-29, commit 5e70b0d, every rank unit a parameter of its own): "
               "6,329 operations per step (4.44×), 2,306 trainable tensors, optimizer step 4.0×, step 1.87× (measured "
               "under load). With one parameter per matrix and each layer assembling its own factors (2026-11-30, "
-              "commit c735174): 2,039 operations (1.43×), step 1.28×, optimizer step with refresh 4.24×. Now the "
-              "factors of all matrices of one layout are assembled once per forward in one autograd node "
-              "([concepts](concepts.md#static-storage), `triadapt.step_assembly`, `triadapt.stacked_factors`), "
-              "the regulariser reuses that stack, and the refresh works on cached views of the young rows only. "
-              "What is left of the gap, from the phase table: the refresh (five `torch._foreach_*` passes over "
-              f"views of the young rows: {tri_refresh:.1f} ms here, about 36 small kernels per pass of a few µs "
-              "each on a CPU, one multi-tensor kernel per pass on a GPU) and the regulariser "
-              f"({tri_reg:.1f} ms), neither of which peft LoRA has, and a backward "
-              f"{tri_bwd:.1f} ms longer (the stack's gradient is written at the full capacity, 2× the rank here, "
-              "and the gradient accumulation copies it per matrix).", ""]
+              "commit c735174): 2,039 operations (1.43×), step 1.28×, optimizer step with refresh 4.24×. With the "
+              "factors of all matrices of one layout assembled once per forward in one autograd node and the "
+              "regulariser reusing that stack (2026-11-30, commit 4ce4817): 1.05× the operations, step 1.11×, "
+              "optimizer step with refresh 1.77×. Since then ([concepts](concepts.md#static-storage)): the large "
+              "tensors of the batched assembly and of the regulariser's backward are reused from step to step while "
+              "nothing else holds them (`triadapt.reused_buffers`; on this CPU, a large block allocated afresh "
+              "every step cost a page fault per 4 KiB, most of those tensors' cost), the regulariser takes A and "
+              "Bᵀ as separate blocks (no zero-filled full-width gradient), and the refresh concatenates the young "
+              "rows' second moments per row width and applies its bracket with one `torch._foreach_addcmul_` "
+              "(instead of five passes over per-matrix views). What is left of the gap, from the phase table: the "
+              f"refresh ({tri_refresh:.1f} ms) and the regulariser ({tri_reg:.1f} ms), neither of which peft LoRA "
+              f"has, and a backward {tri_bwd:.1f} ms longer (the gradient is written at the full capacity, 2× the "
+              "rank here, and the layers' factor gradients are stacked for the batched backward).", ""]
     return lines
 
 

@@ -190,6 +190,16 @@ def test_reserved_rows_decay_while_waiting_and_reset_when_joining_without_the_op
     assert torch.equal(layer.units[layer.rank - amount:layer.rank], initial[layer_name][layer.rank - amount:layer.rank])
 
 
+def units_after_steps(ctl, opt, steps):
+    """Train ``steps`` steps on toy batches without the controller's refresh; the units after them (copies)."""
+    for step in range(steps):
+        x, y = toy_batch(seed=step)
+        nn.functional.cross_entropy(ctl.model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return {name: layer.units.detach().clone() for name, layer in ctl.layers.items()}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fused", [False, True])
 def test_bias_correction_touches_young_rows_only(dtype, fused):
@@ -202,18 +212,34 @@ def test_bias_correction_touches_young_rows_only(dtype, fused):
         layer.set_rank(5)  # row 4 active as if from the start (not young) ...
         layer.grow(1, step=2)  # ... between young rows: row 5 joined after step 2 (two runs of young rows)
     opt = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2, weight_decay=0.01, fused=fused)
-    for step in range(3):
-        x, y = toy_batch(seed=step)
-        nn.functional.cross_entropy(ctl.model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-    before = {n: l.units.detach().clone() for n, l in ctl.layers.items()}
+    before = units_after_steps(ctl, opt, 3)
     ctl.refresher(opt, 3)
     for name, layer in ctl.layers.items():
         assert torch.equal(layer.units[:2], before[name][:2]) and torch.equal(layer.units[4], before[name][4])
         assert torch.equal(layer.units[6:], before[name][6:]) and layer.units[6:].shape[0] == 2  # reserved rows
         for row in (2, 3, 5):
             assert not torch.equal(layer.units[row], before[name][row]), row
+
+
+def test_bias_correction_when_only_matrices_of_one_width_have_young_rows():
+    """Unit rows of two widths (query/value 8→8, up/down 8↔16). After a resume with a fresh optimizer at
+    step 10, the units query/value grew after step 1 are as old as the optimizer's state (not young), those
+    up/down grew after step 11 (the first after the resume) are young: each width is handled on its own, and
+    the matrices without young rows stay bitwise unchanged (a width without any young row failed before)."""
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=ToyModel.targets, init_rank=2, ref_rank=4, max_rank=8,
+                                            seed=0, threshold="none"))
+    for name, layer in ctl.layers.items():
+        layer.grow(1, step=1 if name.endswith(("query", "value")) else 11)
+    assert len({layer.units.shape[1] for layer in ctl.layers.values()}) == 2
+    opt = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2)  # created at the resume, after step 10
+    before = units_after_steps(ctl, opt, 2)
+    ctl.refresher(opt, 12)  # the optimizer's step 2; units grown after step 11 are 1 step old
+    for name, layer in ctl.layers.items():
+        if name.endswith(("query", "value")):
+            assert torch.equal(layer.units, before[name])
+        else:
+            assert torch.equal(layer.units[:2], before[name][:2])
+            assert not torch.equal(layer.units[2], before[name][2])
 
 
 @pytest.mark.parametrize("flags, runs", [

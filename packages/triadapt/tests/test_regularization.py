@@ -70,14 +70,19 @@ def test_regulariser_never_reuses_factors_from_before_an_optimizer_step():
 def test_group_penalty_gradient_matches_autograd(squared):
     """The hand-written gradient of the batched penalty against torch.autograd.gradcheck (float64)."""
     from triadapt.regularization import GroupPenalty
+    from triadapt.reused_buffers import ReusedBuffers
     from triadapt.unit_storage import rank_masks
 
     torch.manual_seed(0)
     units = [torch.randn(4, 9, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     mask, eye = rank_masks((1, 3, 4), 4, torch.float64, torch.device("cpu"))
     columns = ((0, 5), (5, 4))
-    assert torch.autograd.gradcheck(
-        lambda *u: GroupPenalty.apply(eye, columns, squared, torch.stack(u) * mask), units)
+    def penalty(*u):
+        rows = torch.stack(u) * mask
+        blocks = (rows.narrow(2, start, width) for start, width in columns)
+        return GroupPenalty.apply(eye, squared, ReusedBuffers(), *blocks)
+
+    assert torch.autograd.gradcheck(penalty, units)
 
 
 def test_group_penalty_equals_one_by_one():
@@ -98,7 +103,7 @@ def test_group_penalty_equals_one_by_one():
 
 
 def test_the_penalty_reuses_the_forward_stack_and_falls_back_after_a_backward():
-    """With the model's forward just run, the regulariser works on the rows step_assembly stacked (same
+    """With the model's forward just run, the regulariser works on the A and Bᵀ step_assembly stacked (same
     value and gradient as on its own stack); after a backward went through them it stacks its own."""
     model = ToyModel()
     ctl = inject(model, TriAdaptConfig(target_modules=ToyModel.targets, init_rank=1, ref_rank=3, max_rank=6, seed=0))
@@ -115,11 +120,11 @@ def test_the_penalty_reuses_the_forward_stack_and_falls_back_after_a_backward():
     for layer in ctl.layers.values():
         layer.units.grad = None
     out = ctl.model(x)
-    original = ctl.assembly.stacked_rows
-    ctl.assembly.stacked_rows = lambda layers: stacks.append(original(layers)) or stacks[-1]
+    original = ctl.assembly.stacked_blocks
+    ctl.assembly.stacked_blocks = lambda layers: stacks.append(original(layers)) or stacks[-1]
     reused = ctl.orthogonal_loss()
-    ctl.assembly.stacked_rows = original
-    assert stacks and all(rows is not None for rows in stacks)
+    ctl.assembly.stacked_blocks = original
+    assert stacks and all(blocks is not None for blocks in stacks)
     torch.testing.assert_close(reused, alone)
     (out.sum() + reused).backward()
     both = {name: layer.units.grad.clone() for name, layer in ctl.layers.items()}

@@ -155,24 +155,53 @@ def test_a_block_checkpointed_on_its_own_after_an_update_does_not_reuse_stale_fa
 @pytest.mark.parametrize("with_core", [True, False], ids=["triangular", "lora"])
 def test_stacked_factors_gradient_matches_autograd(with_core):
     """The hand-written backward of the fused stacked assembly against torch.autograd.gradcheck."""
+    from triadapt.reused_buffers import ReusedBuffers
     from triadapt.stacked_factors import StackedFactors
     from triadapt.unit_storage import rank_masks
 
     torch.manual_seed(0)
     cap, n, d = 5, 3, 4
     width = n + d + (2 * cap if with_core else 0)
-    stack = torch.randn(3, cap, width, requires_grad=True)
+    units = [torch.randn(cap, width, requires_grad=True) for _ in range(3)]
     ranks = (1, 4, 3)
     mask = rank_masks(ranks, cap, torch.float64, torch.device("cpu"))[0].narrow(1, 0, 4)
-    blocks = ((0, n), (n, d), (n + d, n + d + cap) if with_core else None)
-    weights = [torch.randn(3, 4, size) for size in (n, d, width)]  # a loss that uses all three outputs
+    blocks = ((0, n), (n, d), (n + d, n + d + cap, cap) if with_core else None)
+    weights = [torch.randn(3, 4, size) for size in (n, d, n)]  # a loss that uses all three outputs
 
-    def loss(s):
-        return sum((out * w).sum() for out, w in zip(StackedFactors.apply(s, mask, 4, blocks), weights))
+    def loss(*u):
+        outputs = StackedFactors.apply(mask, 4, blocks, ReusedBuffers(), *u)
+        return sum((out * w).sum() for out, w in zip(outputs, weights))
 
-    assert torch.autograd.gradcheck(loss, (stack,))
-    loss(stack).backward()
-    assert torch.count_nonzero(stack.grad[0, 1:]) == 0 and torch.count_nonzero(stack.grad[:, 4:]) == 0
+    assert torch.autograd.gradcheck(loss, units)
+    loss(*units).backward()
+    assert torch.count_nonzero(units[0].grad[1:]) == 0  # rows beyond each rank and beyond the top: zero
+    assert all(torch.count_nonzero(unit.grad[4:]) == 0 for unit in units)
+    if with_core:  # the l and u padding columns (beyond the top rank) too
+        assert all(torch.count_nonzero(unit.grad[:, n + d + 4:n + d + cap]) == 0 for unit in units)
+        assert all(torch.count_nonzero(unit.grad[:, n + d + cap + 4:]) == 0 for unit in units)
+
+
+@pytest.mark.parametrize("with_core", [True, False], ids=["triangular", "lora"])
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (0, 2), (1, 2)], ids=str)
+def test_stacked_factors_gradient_when_some_outputs_are_unused(with_core, used):
+    """A backward that reaches only some outputs (no regulariser, or the regulariser alone) gets the same
+    gradient as autograd: the unused outputs' parts are zero, not left uninitialised."""
+    from triadapt.reused_buffers import ReusedBuffers
+    from triadapt.stacked_factors import StackedFactors
+    from triadapt.unit_storage import rank_masks
+
+    torch.manual_seed(1)
+    cap, n, d = 4, 3, 2
+    width = n + d + (2 * cap if with_core else 0)
+    units = [torch.randn(cap, width, requires_grad=True) for _ in range(2)]
+    mask = rank_masks((2, 3), cap, torch.float64, torch.device("cpu"))[0].narrow(1, 0, 3)
+    blocks = ((0, n), (n, d), (n + d, n + d + cap, cap) if with_core else None)
+
+    def loss(*u):
+        outputs = StackedFactors.apply(mask, 3, blocks, ReusedBuffers(), *u)
+        return sum(outputs[index].sin().sum() for index in used)
+
+    assert torch.autograd.gradcheck(loss, units)
 
 
 def test_forward_and_regulariser_under_bf16_autocast():
@@ -194,3 +223,58 @@ def test_forward_and_regulariser_under_bf16_autocast():
         assert grads[0][name].dtype == torch.float32 and torch.isfinite(grads[0][name]).all()
         error = torch.linalg.norm(grads[0][name] - grads[1][name]) / torch.linalg.norm(grads[1][name])
         assert error < 0.1, (name, float(error))  # bf16 rounding of the base layers and the adapter products
+
+
+def test_reused_buffers_hand_out_a_tensor_again_only_when_nothing_else_holds_it():
+    from triadapt.reused_buffers import ReusedBuffers
+
+    buffers, like = ReusedBuffers(), torch.zeros(1)
+    first = buffers.get("grad", (3, 4), like)
+    view = first[1]  # e.g. one parameter's gradient, still held
+    second = buffers.get("grad", (3, 4), like)
+    assert second.data_ptr() != first.data_ptr()
+    third = buffers.get("grad", (3, 4), like)  # ``second`` itself still held
+    assert third.data_ptr() != second.data_ptr()
+    kept = third.data_ptr()
+    del view, first, second, third
+    assert buffers.get("grad", (3, 4), like).data_ptr() == kept  # free again: reused
+    assert buffers.get("grad", (3, 5), like).shape == (3, 5)  # another shape: a new tensor
+
+
+@pytest.mark.parametrize("structure", ["triangular", "lora"])
+def test_steps_that_reuse_buffers_match_the_per_layer_assembly_and_spare_held_tensors(structure):
+    """Training steps with zero_grad(set_to_none=True) (the assembly reuses its buffers) match the per-layer
+    path step by step; a gradient the user still holds from the previous step, and a first forward's graph
+    still alive during a second forward, are never overwritten."""
+    batched, reference = pair(structure)
+    optimizers = [torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2) for ctl in (batched, reference)]
+    held = None
+    for step in range(4):
+        for ctl, optimizer in zip((batched, reference), optimizers):
+            x, y = toy_batch(seed=step)
+            if step == 3:  # two forwards, then one backward through both graphs
+                loss = sum(nn.functional.cross_entropy(ctl.model(x + shift), y) for shift in (0.0, 0.5))
+            else:
+                loss = nn.functional.cross_entropy(ctl.model(x), y)
+            (loss + ctl.orthogonal_loss()).backward()
+            if ctl is batched and step == 1:
+                held = {name: (layer.units.grad, layer.units.grad.clone()) for name, layer in ctl.layers.items()}
+            if step < 3:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True) if step < 3 else None
+        for name, layer in batched.layers.items():
+            torch.testing.assert_close(layer.units, reference.layers[name].units, rtol=1e-10, atol=1e-12)
+    for name, layer in batched.layers.items():
+        torch.testing.assert_close(layer.units.grad, reference.layers[name].units.grad, rtol=1e-10, atol=1e-12)
+        assert torch.equal(held[name][0], held[name][1]), "a gradient still held was overwritten"
+
+
+def test_unbind_stack_gradient_including_pieces_that_take_no_part():
+    from triadapt.reused_buffers import ReusedBuffers
+    from triadapt.stacked_factors import unbind_stack
+
+    stack = torch.randn(3, 2, 4, requires_grad=True)
+    buffers = ReusedBuffers()
+    for used in ((0, 1, 2), (0, 2), (1,)):
+        assert torch.autograd.gradcheck(
+            lambda s, used=used: sum(unbind_stack(s, buffers, "g")[i].sin().sum() * (i + 1) for i in used), (stack,))

@@ -170,7 +170,7 @@ class Controller:
         if not self.model.training or self.config.orth_reg_weight == 0:
             return torch.zeros((), device=self._device())
         penalty = orthogonal_penalty(self.layers.values(), squared=self.config.orth_reg_squared,
-                                     stacked=self.assembly.stacked_rows)
+                                     stacked=self.assembly.stacked_blocks)
         return self.config.orth_reg_weight * penalty
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

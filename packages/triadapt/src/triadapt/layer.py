@@ -81,7 +81,7 @@ class AdapterLayer(nn.Module):
     @property
     def units(self) -> nn.Parameter:
         """All reserved rank units, one per row: ``(capacity, layout.width)``."""
-        return getattr(self, UNITS_ATTR)
+        return self._parameters[UNITS_ATTR]  # what nn.Module's attribute lookup returns, without its fallback
 
     @property
     def reserve_full(self) -> Tensor:
@@ -122,8 +122,11 @@ class AdapterLayer(nn.Module):
     def penalty_units(self) -> Tensor:
         """The unit rows for the regulariser: the parameter, or under ZeRO-3 (which releases it after the
         forward) the view the last training forward kept (consumed once)."""
-        live, self._live_units = self._live_units, None
-        return self.units if live is None else live
+        live = self._live_units
+        if live is None:
+            return self.units
+        self._live_units = None
+        return live
 
     def gram_columns(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
         """(start, width) of A and of Bᵀ inside the unit rows, if the structure stores them so (unit tensors

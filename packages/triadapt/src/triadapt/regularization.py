@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from triadapt.layer import AdapterLayer
+from triadapt.reused_buffers import ReusedBuffers, buffers_of
 from triadapt.unit_storage import rank_masks
 
 
@@ -25,11 +26,11 @@ def gram_deviation(gram: Tensor, squared: bool) -> Tensor:
 
 
 def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False,
-                       stacked: Callable[[list[AdapterLayer]], Tensor | None] | None = None) -> Tensor:
+                       stacked: Callable[[list[AdapterLayer]], tuple[Tensor, Tensor] | None] | None = None) -> Tensor:
     """Mean of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F over all active adapters (unweighted by λ).
 
     Matrices whose A and Bᵀ are column blocks of their unit rows (both built-in structures) are
-    handled in batches of the same layout (`GroupPenalty`), on the stacked rows this forward's
+    handled in batches of the same layout (`GroupPenalty`), on the stacked A and Bᵀ this forward's
     `triadapt.step_assembly` built when ``stacked`` returns them, else on a stack of their own;
     other structures go one by one.
     """
@@ -48,11 +49,13 @@ def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False,
         groups.setdefault((tuple(units.shape), columns, units.dtype, units.device), []).append((layer, units))
     for (shape, columns, dtype, device), group in groups.items():
         mask, eye = rank_masks(tuple(layer.rank for layer, _ in group), shape[0], dtype, device)
-        rows = stacked([layer for layer, _ in group]) if stacked is not None else None
-        if rows is None:
+        blocks = stacked([layer for layer, _ in group]) if stacked is not None else None
+        if blocks is None:
             rows = torch.stack([units for _, units in group]) * mask  # (G, cap, width), rows >= rank zeroed
-        top = rows.shape[1]
-        value = GroupPenalty.apply(eye.narrow(1, 0, top).narrow(2, 0, top), columns, squared, rows)
+            blocks = tuple(rows.narrow(2, start, width) for start, width in columns)  # A, Bᵀ
+        top = blocks[0].shape[1]
+        value = GroupPenalty.apply(eye.narrow(1, 0, top).narrow(2, 0, top), squared, buffers_of(group[0][0].units),
+                                   *blocks)
         total = value if total is None else total + value
         count += len(columns) * len(group)
     if terms:
@@ -65,40 +68,39 @@ def orthogonal_penalty(layers: Iterable[AdapterLayer], squared: bool = False,
 
 
 class GroupPenalty(torch.autograd.Function):
-    """Σ over a stack of matrices and over their A and Bᵀ blocks of ‖X Xᵀ − I_r‖_F (or its square).
+    """Σ over a stack of matrices and over their factors X (A and Bᵀ) of ‖X Xᵀ − I_r‖_F (or its square).
 
-    ``rows`` are the unit rows of the stack, (G, rows, width), with rows beyond each matrix's rank
-    zero, so ``X Xᵀ − eye`` (``eye``: each matrix's partial identity) is the r×r deviation padded
+    Each block X is (G, rows, width) with rows beyond each matrix's rank zero, so ``X Xᵀ − eye``
+    (``eye``: each matrix's partial identity) is the r×r deviation padded
     with zeros and has the same norm. The gradient is written by hand: with E = X Xᵀ − I
     (symmetric) and f = ‖E‖_F, ∂f/∂X = 2 E X / f and ∂f²/∂X = 4 E X; rows beyond the rank get
     zero because E is zero there. Checked against autograd (gradcheck).
     """
 
     @staticmethod
-    def forward(ctx, eye: Tensor, columns: tuple, squared: bool, rows: Tensor) -> Tensor:
-        blocks, deviations, norms = [], [], []
-        with torch.autocast(device_type=rows.device.type, enabled=False):  # in the units' dtype, as the backward
-            for start, width in columns:  # A (G, r, n), then Bᵀ (G, r, d)
-                block = rows.narrow(2, start, width)
+    def forward(ctx, eye: Tensor, squared: bool, buffers: ReusedBuffers, *blocks: Tensor) -> Tensor:
+        deviations, norms = [], []
+        with torch.autocast(device_type=blocks[0].device.type, enabled=False):  # in the units' dtype, as the backward
+            for block in blocks:  # A (G, r, n), Bᵀ (G, r, d)
                 deviation = torch.baddbmm(eye, block, block.transpose(1, 2), beta=-1)  # X Xᵀ − I_r, (G, r, r)
-                blocks.append(block)
                 deviations.append(deviation)
                 norms.append(torch.linalg.vector_norm(deviation, dim=(1, 2)))  # (G,)
         ctx.save_for_backward(*blocks, *deviations, *norms)
-        ctx.columns, ctx.squared, ctx.shape = columns, squared, rows.shape
-        values = torch.cat(norms)
+        ctx.squared, ctx.buffers = squared, buffers
+        values = torch.stack(norms)
         return torch.sum(values * values if squared else values)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        saved, blocks_count = ctx.saved_tensors, len(ctx.columns)
-        blocks, deviations = saved[:blocks_count], saved[blocks_count:2 * blocks_count]
-        norms = saved[2 * blocks_count:]
-        out = blocks[0].new_zeros(ctx.shape)  # (G, r, width)
-        for (start, width), block, deviation, norm in zip(ctx.columns, blocks, deviations, norms):
+        saved = ctx.saved_tensors
+        count = len(saved) // 3
+        blocks, deviations, norms = saved[:count], saved[count:2 * count], saved[2 * count:]
+        grads = []
+        for index, (block, deviation, norm) in enumerate(zip(blocks, deviations, norms)):
             if ctx.squared:
                 scale = (4.0 * grad).reshape(1, 1, 1)
             else:  # at an exact optimum E = 0, so E X = 0 whatever the (finite) scale
                 scale = (2.0 * grad / norm.clamp_min(torch.finfo(norm.dtype).tiny)).view(-1, 1, 1)
-            torch.mul(torch.bmm(deviation, block), scale, out=out.narrow(2, start, width))
-        return None, None, None, out
+            out = ctx.buffers.get(f"penalty {index}", block.shape, block)
+            grads.append(torch.bmm(deviation, block, out=out).mul_(scale))
+        return None, None, None, *grads

@@ -5,13 +5,13 @@ Per layer, a forward would slice its unit rows, split them and build the core (f
 backward node: about twenty per matrix and step, which on a GPU at fine-tuning batch sizes is
 launch overhead rather than arithmetic. `StepAssembly` does that work for all matrices of one
 layout together when the model's forward starts (a forward pre-hook on the model ``inject``
-wrapped): their unit parameters are stacked, cut to the largest rank of the stack, rows beyond
-each matrix's own rank zeroed, and assembled by the structure's ``assemble_stack`` (for the
+wrapped): their unit parameters, cut to the largest rank of the group, are stacked, rows
+beyond each matrix's own rank zeroed, and assembled by the structure's ``assemble_stack`` (for the
 built-ins one autograd node, `triadapt.stacked_factors`; a plugin structure that sets
 ``batched_rows`` gets its ``assemble_rows`` run on the stack). Each layer then applies
 ``x → (D·A) x → Bᵀ rows`` like LoRA's two linears. Rows beyond a matrix's rank are zero in
 D·A and in B, so the output is the same and their gradient stays exactly zero. The orthogonal
-regulariser of the same step reuses the stacked rows (`stacked_rows`).
+regulariser of the same step reuses the stacked A and Bᵀ (`stacked_blocks`).
 
 A layer falls back to its own assembly when the structure does not batch, under DeepSpeed
 ZeRO-3 (parameters gathered per module), when it is called outside a forward of that model, or
@@ -29,6 +29,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from triadapt.reused_buffers import buffers_of
+from triadapt.stacked_factors import unbind_stack
 from triadapt.structures import Factors
 from triadapt.unit_storage import group_by_layout
 
@@ -41,10 +43,13 @@ class _Entry:
 
 
 class _Stack:
-    __slots__ = ("rows", "ranks", "versions", "consumed")
+    __slots__ = ("blocks", "ranks", "versions", "consumed")
 
-    def __init__(self, rows: torch.Tensor, ranks: tuple[int, ...], versions: tuple[int, ...]):
-        self.rows, self.ranks, self.versions, self.consumed = rows, ranks, versions, False
+    def __init__(self, blocks: tuple[torch.Tensor, torch.Tensor], ranks: tuple[int, ...], versions: tuple[int, ...]):
+        self.blocks, self.ranks, self.versions, self.consumed = blocks, ranks, versions, False
+
+    def consume(self, grad: torch.Tensor) -> None:
+        self.consumed = True
 
 
 class StepAssembly:
@@ -54,7 +59,7 @@ class StepAssembly:
         self.layers = list(layers)
         self.active = False
         self._entries: dict[int, _Entry] = {}
-        self._stacks: dict[tuple[int, ...], _Stack] = {}  # layer ids of a layout group -> its stacked rows
+        self._stacks: dict[tuple[int, ...], _Stack] = {}  # layer ids of a layout group -> its stacked A, Bᵀ
         self._handles: list[Any] = []
 
     def install(self, model: nn.Module) -> None:
@@ -83,15 +88,16 @@ class StepAssembly:
             return entry.factors
         return None
 
-    def stacked_rows(self, layers: list[Any]) -> torch.Tensor | None:
-        """The stacked, rank-masked unit rows (G, top, width) this forward built for exactly ``layers`` (the
-        regulariser reuses them), while no backward has gone through them and nothing changed; else None."""
+    def stacked_blocks(self, layers: list[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A and Bᵀ, each (G, top, ·) with rows beyond each rank zero, as this forward built them for exactly
+        ``layers`` (the regulariser reuses them), while no backward has gone through them and nothing changed;
+        else None."""
         stack = self._stacks.get(tuple(id(layer) for layer in layers))
         if (stack is None or stack.consumed or stack.ranks != tuple(layer.rank for layer in layers)
                 or stack.versions != tuple(layer.units._version for layer in layers)
-                or (torch.is_grad_enabled() and not stack.rows.requires_grad)):  # built without autograd
+                or (torch.is_grad_enabled() and not stack.blocks[0].requires_grad)):  # built without autograd
             return None
-        return stack.rows
+        return stack.blocks
 
     def _begin(self, module: nn.Module, args: Any) -> None:
         self._entries, self._stacks = {}, {}
@@ -99,13 +105,16 @@ class StepAssembly:
                      and getattr(layer.structure, "batched_rows", False) and not hasattr(layer.units, "ds_status")]
         for group in group_by_layout(batchable).values():
             ranks = tuple(layer.rank for layer in group)
-            stack = torch.stack([layer.units for layer in group])  # (G, capacity, width)
-            down, up_rows, rows = group[0].structure.assemble_stack(stack, ranks, group[0].layout)
-            stack_entry = _Stack(rows, ranks, tuple(layer.units._version for layer in group))
-            if rows.requires_grad:  # once a backward went through them, their graph is gone
-                rows.register_hook(lambda grad, entry=stack_entry: setattr(entry, "consumed", True))
+            down, up_rows, a_rows = group[0].structure.assemble_stack([layer.units for layer in group], ranks,
+                                                                      group[0].layout)
+            stack_entry = _Stack((a_rows, up_rows), ranks, tuple(layer.units._version for layer in group))
+            if up_rows.requires_grad:  # once a backward went through them (the layers' or the regulariser's) ...
+                up_rows.register_hook(stack_entry.consume)  # ... their graph is gone
+                a_rows.register_hook(stack_entry.consume)
             self._stacks[tuple(id(layer) for layer in group)] = stack_entry
-            for layer, layer_down, layer_up in zip(group, down.unbind(0), up_rows.unbind(0)):
+            buffers = buffers_of(group[0].units)
+            for layer, layer_down, layer_up in zip(group, unbind_stack(down, buffers, "∂ down"),
+                                                   unbind_stack(up_rows, buffers, "∂ up")):
                 self._entries[id(layer)] = _Entry(Factors(down=layer_down, up_rows=layer_up), layer.rank,
                                                   layer.units._version)
         self.active = True

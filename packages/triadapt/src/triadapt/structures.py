@@ -85,18 +85,18 @@ class Structure(ABC):
         """Factors from the active unit rows ``(rank, width)``; override to skip per-unit views."""
         return self.assemble([layout.unit_views(rows[index], index) for index in range(rows.shape[0])])
 
-    def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
+    def assemble_stack(self, units: Sequence[Tensor], ranks: tuple[int, ...],
                        layout: "UnitLayout") -> tuple[Tensor, Tensor, Tensor]:
-        """Factors of G matrices at once (`triadapt.step_assembly`, only if ``batched_rows``) from their stacked
-        unit parameters ``(G, capacity, width)`` at ``ranks``, top = max(ranks): the down factor with the core
-        folded in (D·A, or A) ``(G, top, n)``, Bᵀ ``(G, top, d)``, and the rows ``(G, top, width)`` with each
-        matrix's rows beyond its rank zeroed (the orthogonal regulariser reuses them)."""
+        """Factors of G matrices at once (`triadapt.step_assembly`, only if ``batched_rows``) from their unit
+        parameters (G tensors ``(capacity, width)``) at ``ranks``, top = max(ranks), each ``(G, top, ·)`` with
+        rows beyond each matrix's rank zero: the down factor with the core folded in (D·A, or A), Bᵀ, and A
+        (the orthogonal regulariser reuses Bᵀ and A)."""
         top = max(ranks)
-        mask, _ = rank_masks(ranks, stack.shape[1], stack.dtype, stack.device)
-        rows = stack.narrow(1, 0, top) * mask.narrow(1, 0, top)
+        mask, _ = rank_masks(ranks, units[0].shape[0], units[0].dtype, units[0].device)
+        rows = torch.stack([unit.narrow(0, 0, top) for unit in units]) * mask.narrow(1, 0, top)
         factors = self.assemble_rows(rows, layout)
         down = factors.down if factors.core is None else torch.matmul(factors.core, factors.down)
-        return down, factors.up_rows, rows
+        return down, factors.up_rows, factors.down
 
     def init_unit(self, index: int, params: Mapping[str, Tensor], *, initial: bool, std: float,
                   generator: torch.Generator | None) -> None:
@@ -190,9 +190,9 @@ class TriangularStructure(Structure):
         core = core.index_put((cols, rows), upper, accumulate=True)  # + U
         return Factors(down=down, up=up, core=core)
 
-    def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
+    def assemble_stack(self, units: Sequence[Tensor], ranks: tuple[int, ...],
                        layout: UnitLayout) -> tuple[Tensor, Tensor, Tensor]:
-        return stacked_factors(stack, ranks, layout, core=True)
+        return stacked_factors(units, ranks, layout, core=True)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
         rank, cap = rows.shape[-2], layout.widths["l"]
@@ -217,9 +217,9 @@ class LoraStructure(Structure):
         up = torch.stack([u["b"] for u in units], dim=1)  # (d, r)
         return Factors(down=down, up=up)
 
-    def assemble_stack(self, stack: Tensor, ranks: tuple[int, ...],
+    def assemble_stack(self, units: Sequence[Tensor], ranks: tuple[int, ...],
                        layout: UnitLayout) -> tuple[Tensor, Tensor, Tensor]:
-        return stacked_factors(stack, ranks, layout, core=False)
+        return stacked_factors(units, ranks, layout, core=False)
 
     def assemble_rows(self, rows: Tensor, layout: UnitLayout) -> Factors:
         down, up_rows = rows.split([layout.widths["a"], layout.widths["b"]], dim=-1)

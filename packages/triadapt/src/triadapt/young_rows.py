@@ -4,7 +4,7 @@ A unit that joined after optimizer step b is, to Adam, a parameter of age s = t 
 optimizer corrects its moments' bias with the step count t of the whole unit parameter. Right
 after the step, `YoungRows.correct` recomputes those rows' update with s:
 
-    p += lr·m / (c1(t)(√v/√c2(t) + ε)) − lr·m / (c1(s)(√v/√c2(s) + ε)),
+    p += lr·m · (1 / (c1(t)(√v/√c2(t) + ε)) − 1 / (c1(s)(√v/√c2(s) + ε))),
     c1(x) = 1 − β1^x, c2(x) = 1 − β2^x,
 
 written ``c1(x)(√v/√c2(x) + ε) = a(x)·√v + b(x)``. Only views of the young rows are touched,
@@ -19,7 +19,8 @@ whatever it does to a waiting row is undone when the row joins, `triadapt.fresh_
 The arrangement (which rows, their views, which age each row has) is built when it changes (a
 growth event, new optimizer state tensors) and reused: per step there is a signature check, one
 small table of coefficients per distinct birth, one ``index_select`` that spreads it over the
-rows, and five ``torch._foreach_*`` passes for all matrices together.
+rows, and per width of unit row a few elementwise operations on the young rows of all matrices
+concatenated and one ``torch._foreach_addcmul_`` that applies the result to each matrix's rows.
 """
 
 from __future__ import annotations
@@ -62,12 +63,8 @@ class YoungRows:
     def __init__(self, key: tuple, pairs: Sequence[Pair], moments: Sequence[tuple[Tensor, Tensor]],
                  counts: Sequence[float], steps_done: int, views: "RowViews"):
         self.key = key
-        self.p: list[Tensor] = []
-        self.m: list[Tensor] = []
-        self.v: list[Tensor] = []
         index: dict[tuple[int | None, float], int] = {}  # distinct (birth, steps_done − t); birth None: age t
-        rows: list[int] = []  # per row: its entry in self.ages
-        sizes: list[int] = []
+        by_width: dict[int, tuple[list[Tensor], list[Tensor], list[Tensor], list[int], list[int]]] = {}
         for (p, layer), (m, v), t in zip(pairs, moments, counts):
             offset = steps_done - t
             births = [b if b > 0 and min(max(steps_done - b, 1), t) < t else None for b in layer.births[:layer.rank]]
@@ -76,22 +73,33 @@ class YoungRows:
                 lo = runs[-1][0]
                 runs[-1] = (lo, min(layer.capacity, lo + -(-(layer.rank - lo) // ROW_CHUNK) * ROW_CHUNK))
                 births += [None] * (runs[-1][1] - layer.rank)
+            if not runs:
+                continue
+            p_views, m_views, v_views, sizes, rows = by_width.setdefault(p.shape[1], ([], [], [], [], []))
             for (p_rows, m_rows, v_rows), (lo, hi) in zip(views.of(p, m, v, runs), runs):
-                self.p.append(p_rows)
-                self.m.append(m_rows)
-                self.v.append(v_rows)
+                p_views.append(p_rows)
+                m_views.append(m_rows)
+                v_views.append(v_rows)
                 sizes.append(hi - lo)
                 rows.extend(index.setdefault((birth, offset), len(index)) for birth in births[lo:hi])
         self.ages: list[tuple[int | None, float]] = list(index)
         m = moments[0][0]
-        self.rows = torch.tensor(rows, dtype=torch.long, device=m.device)
-        self.buffer = torch.zeros(len(rows), 4, dtype=m.dtype, device=m.device)  # own a, b; applied a, b
-        self.own_a, self.own_b, self.applied_a, self.applied_b = (
-            list(self.buffer.narrow(1, column, 1).split(sizes)) for column in range(4))  # (rows, 1) each
+        self.classes = [(p_views, m_views, v_views, sizes,
+                         m.new_empty(sum(sizes), width), m.new_empty(sum(sizes), width))  # work space, kept
+                        for width, (p_views, m_views, v_views, sizes, _) in by_width.items()]
+        self.rows = torch.tensor([row for *_, rows in by_width.values() for row in rows], dtype=torch.long,
+                                 device=m.device)
+        self.buffer = torch.zeros(len(self.rows), 4, dtype=m.dtype, device=m.device)  # own a, b; applied a, b
+        self.coefficients = [column.split([len(work) for *_, work, _ in self.classes])
+                             for column in self.buffer.unbind(1)]  # per column, per width: (rows,)
 
     def correct(self, group: Mapping[str, Any], steps_done: int) -> None:
-        """``p += lr·m/(c1(t)(√v/√c2(t)+ε)) − lr·m/(c1(s)(√v/√c2(s)+ε))`` on the young rows (after a step)."""
-        if not self.p:
+        """After a step, on the young rows: ``p += lr·m·(1/(c1(t)(…)) − 1/(c1(s)(√v/√c2(s)+ε)))``.
+
+        Per width of unit row, the young rows' second moments of all matrices are concatenated, the factor
+        in brackets computed for all of them together and applied to each matrix's rows with one
+        ``torch._foreach_addcmul_``."""
+        if not self.classes:
             return
         beta1, beta2 = (float(b) for b in group["betas"])
         lr, eps = float(group["lr"]), float(group["eps"])
@@ -107,11 +115,14 @@ class YoungRows:
             table.append(coefficients(age) + coefficients(t))
         coefficient_table = torch.tensor(table, dtype=self.buffer.dtype)
         torch.index_select(coefficient_table.to(self.buffer.device, non_blocking=True), 0, self.rows, out=self.buffer)
-        root_v = torch._foreach_sqrt(self.v)
-        own = torch._foreach_addcmul(self.own_b, root_v, self.own_a)  # c1(s)(√v/√c2(s) + ε)
-        applied = torch._foreach_addcmul(self.applied_b, root_v, self.applied_a)  # c1(t)(√v/√c2(t) + ε)
-        torch._foreach_addcdiv_(self.p, self.m, applied, value=lr)  # undo the update with t ...
-        torch._foreach_addcdiv_(self.p, self.m, own, value=-lr)  # ... and apply the one with s
+        own_a, own_b, applied_a, applied_b = self.coefficients
+        for (p_views, m_views, v_views, sizes, root_v, own), *column in zip(self.classes, own_a, own_b, applied_a,
+                                                                             applied_b):
+            own_a_k, own_b_k, applied_a_k, applied_b_k = (c.unsqueeze(1) for c in column)  # (rows, 1)
+            torch.cat(v_views, out=root_v).sqrt_()  # (rows, width)
+            torch.addcmul(own_b_k, root_v, own_a_k, out=own).reciprocal_()  # 1 / (c1(s)(√v/√c2(s) + ε))
+            change = torch.addcmul(applied_b_k, root_v, applied_a_k, out=root_v).reciprocal_().sub_(own)  # t's, − own
+            torch._foreach_addcmul_(p_views, m_views, change.split(sizes), value=lr)  # undo t's update, apply s's
 
 
 class RowViews:
