@@ -178,7 +178,11 @@ def dispatch_section(d: dict) -> list[str]:
               "(instead of five passes over per-matrix views). What is left of the gap, from the phase table: the "
               f"refresh ({tri_refresh:.1f} ms) and the regulariser ({tri_reg:.1f} ms), neither of which peft LoRA "
               f"has, and a backward {tri_bwd:.1f} ms longer (the gradient is written at the full capacity, 2× the "
-              "rank here, and the layers' factor gradients are stacked for the batched backward).", ""]
+              "rank here, and the layers' factor gradients are stacked for the batched backward). The machine is "
+              "shared and the spread between runs is wide: two runs of commit 9600cb3 on 2026-11-30 gave a step of "
+              "1.06× and 1.08×, and AdamW + refresh of 1.40× and 1.74× (peft LoRA's AdamW step took 1.46 ms in "
+              "the first and 1.19 ms in the second; the refresh about 1.1 ms in both); the figures above are the "
+              "second run's.", ""]
     return lines
 
 
