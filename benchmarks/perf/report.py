@@ -168,7 +168,7 @@ def dispatch_section(d: dict) -> list[str]:
               "under load). With one parameter per matrix and each layer assembling its own factors (2026-11-30, "
               "commit c735174): 2,039 operations (1.43×), step 1.28×, optimizer step with refresh 4.24×. With the "
               "factors of all matrices of one layout assembled once per forward in one autograd node and the "
-              "regulariser reusing that stack (2026-11-30, commit 4ce4817): 1.05× the operations, step 1.11×, "
+              "regulariser reusing that stack (2026-11-30, commit c689cbb): 1.05× the operations, step 1.11×, "
               "optimizer step with refresh 1.77×. Since then ([concepts](concepts.md#static-storage)): the large "
               "tensors of the batched assembly and of the regulariser's backward are reused from step to step while "
               "nothing else holds them (`triadapt.reused_buffers`; on this CPU, a large block allocated afresh "
@@ -179,7 +179,8 @@ def dispatch_section(d: dict) -> list[str]:
               f"refresh ({tri_refresh:.1f} ms) and the regulariser ({tri_reg:.1f} ms), neither of which peft LoRA "
               f"has, and a backward {tri_bwd:.1f} ms longer (the gradient is written at the full capacity, 2× the "
               "rank here, and the layers' factor gradients are stacked for the batched backward). The machine is "
-              "shared and the spread between runs is wide: two runs of commit 9600cb3 on 2026-11-30 gave a step of "
+              "shared and the spread between runs is wide: two runs of the code of commit 9600cb3 (the first just "
+              "before it was committed) on 2026-11-30 gave a step of "
               "1.06× and 1.08×, and AdamW + refresh of 1.40× and 1.74× (peft LoRA's AdamW step took 1.46 ms in "
               "the first and 1.19 ms in the second; the refresh about 1.1 ms in both); the figures above are the "
               "second run's.", ""]
