@@ -65,6 +65,7 @@ class StackedFactors(torch.autograd.Function):
                 core = (torch.tril(rows[..., l_start:l_start + top])
                         + torch.tril(rows[..., u_start:u_start + top]).transpose(-2, -1))  # (G, top, top)
                 down = torch.bmm(core, a_rows, out=buffers.get("down", (count, top, n), units[0]))  # D·A
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero tensor to build)
         ctx.save_for_backward(mask, rows[..., a_start:a_start + n], core)
         ctx.top, ctx.blocks, ctx.shape, ctx.buffers = top, blocks, (count, *units[0].shape), buffers
         return down, up_rows, a_rows
@@ -120,11 +121,14 @@ class UnbindStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, buffers: ReusedBuffers, name: str, stack: Tensor) -> tuple[Tensor, ...]:
         ctx.buffers, ctx.name, ctx.shape = buffers, name, stack.shape
+        ctx.set_materialize_grads(False)  # a matrix whose factor took no part in the loss: None
         return stack.unbind(0)
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):
-        like = next(g for g in grads if g is not None)
+        like = next((g for g in grads if g is not None), None)
+        if like is None:
+            return None, None, None
         out = ctx.buffers.get(ctx.name, ctx.shape, like)
         if all(g is not None for g in grads):
             torch.stack(grads, out=out)
