@@ -126,7 +126,10 @@ def provenance(threads: int) -> dict[str, str]:
 
 
 def commit() -> str:
-    """HEAD, with ``+changes`` when the measured code (packages/, plugins/) differs from it."""
+    """HEAD, with ``+changes`` when the measured code (packages/, plugins/) differs from it; ``$BENCH_COMMIT`` where
+    the checkout has no history (a copy of the working tree on another machine)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()

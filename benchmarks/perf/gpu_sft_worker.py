@@ -50,8 +50,18 @@ tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
 reviews = read_rotten_tomatoes(fetch("rotten_tomatoes"))[: spec["batch_size"]]
 batch = Collator(tokenizer.pad_token_id)(_sft_features(as_instructions(reviews), tokenizer, spec["max_length"], False))
 tokens = int(batch["attention_mask"].sum())
+
+
+def random_model(folder: str):
+    """The model's architecture with seeded random weights (built partitioned under ZeRO-3, like from_pretrained)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+
+
 with model_building(accelerator, cfg.train):
-    model = kind_for(task).build_model(path, task)
+    model = random_model(path) if spec.get("random_weights") else kind_for(task).build_model(path, task)
 total = spec["warmup"] + spec["steps"]
 adapted = method_for(cfg).attach(model, cfg, total)
 trainable = adapted.trained_parameters()  # before ZeRO-3 partitions them (numel 0 afterwards)
