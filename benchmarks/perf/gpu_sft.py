@@ -11,9 +11,11 @@ the runner's own DeepSpeed setup (`gpu_sft_worker.py`); stages and methods alter
 of the machine hits both methods alike. Prints tokens/s and peak GPU memory of each, and the ratio
 TriAdaptLoRA / peft LoRA; writes benchmarks/perf/results/gpu_sft.json (date, commit, device).
 
-``--random-weights`` builds the model from its config with seeded random weights instead of loading
-them: for a GPU machine that the 0.5 GB converted weight folder cannot reach. Step time and memory
+``--random-weights`` builds the model from its config with seeded random weights instead of
+loading them: for a GPU machine that the 0.5 GB converted weight folder cannot reach. Step time and memory
 depend on the architecture, the tokens and the method, not on the weights' values; the losses do.
+``--profile`` runs the timed steps under cProfile and writes each cell's top functions (by own
+and by cumulative time) to benchmarks/perf/results/profiles/.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from common import RESULTS, provenance
 
 HERE = Path(__file__).resolve().parent
 METHODS = {"peft LoRA r=8": "peft-lora", "TriAdaptLoRA r=8": "triadapt"}
+PROFILES = RESULTS / "profiles"
 TARGET = 0.95  # TriAdaptLoRA tokens/s relative to peft LoRA (issue #13)
 
 
@@ -56,6 +59,9 @@ def main() -> None:
                         help="check the path without a GPU: a tiny random Llama, 2 steps, bf16 on the CPU")
     parser.add_argument("--random-weights", action="store_true",
                         help="the model's architecture with seeded random weights (config and tokenizer only needed)")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"run the timed steps under cProfile; each cell's top functions go to {PROFILES} "
+                             f"(profiled step times are not results: no gpu_sft.json is written)")
     args = parser.parse_args()
     import torch
 
@@ -77,6 +83,10 @@ def main() -> None:
                 spec = {"model": model, "approach": METHODS[name], "stage": stage, "precision": "bf16",
                         "batch_size": batch, "max_length": length, "steps": steps, "warmup": warmup,
                         "random_weights": args.random_weights}
+                if args.profile:  # a smoke run's listings stay in its temporary folder
+                    folder = work if args.smoke_on_cpu else PROFILES
+                    folder.mkdir(parents=True, exist_ok=True)
+                    spec["profile"] = str(folder / f"zero{stage}-{METHODS[name]}.txt")
                 cells[f"ZeRO-{stage} {name}"] = run_cell(spec, work, 29700 + len(cells), args.smoke_on_cpu)
     ratios = {f"ZeRO-{stage}": cells[f"ZeRO-{stage} TriAdaptLoRA r=8"]["tokens_per_s"]
               / cells[f"ZeRO-{stage} peft LoRA r=8"]["tokens_per_s"] for stage in (2, 3)}
@@ -89,7 +99,7 @@ def main() -> None:
         print(f"{name:<30} {cell['tokens_per_s']:>10.0f} {cell['peak_memory_mib']:>10.0f} {cell['median_step_s']:>8.4f}")
     for stage, ratio in ratios.items():
         print(f"{stage}: TriAdaptLoRA / peft LoRA tokens/s = {ratio:.3f} (target >= {TARGET})")
-    if not args.smoke_on_cpu:  # a smoke run's figures are not results
+    if not (args.smoke_on_cpu or args.profile):  # a smoke run's or a profiled run's figures are not results
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "gpu_sft.json").write_text(json.dumps(result, indent=2))
 

@@ -3,10 +3,13 @@
 The runner's own DeepSpeed path: its accelerate plugin and config (`make_accelerator`), the model
 built as the runner builds it (partitioned under ZeRO-3), the method attached through the runner's
 `Method` interface, its optimizer, the persistent rank units under ZeRO-3; then timed SFT steps on
-one fixed batch. Args: OUT_JSON SPEC_JSON (the deepspeed launcher's --local_rank is ignored).
+one fixed batch. Args: OUT_JSON SPEC_JSON (the deepspeed launcher's --local_rank is ignored). With
+``"profile": PATH`` in the spec, the timed steps run under cProfile and PATH gets its top functions.
 """
 
+import cProfile
 import json
+import pstats
 import resource
 import statistics
 import sys
@@ -76,7 +79,10 @@ model.train()
 if cuda:
     torch.cuda.reset_peak_memory_stats()
 times, losses = [], []
+profiler = cProfile.Profile() if spec.get("profile") else None  # host time of the timed steps, by function
 for step in range(total):
+    if profiler and step == spec["warmup"]:
+        profiler.enable()
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -91,6 +97,11 @@ for step in range(total):
     if step >= spec["warmup"]:
         times.append(time.perf_counter() - start)
     losses.append(float(loss.detach()))
+if profiler:
+    profiler.disable()
+    with open(spec["profile"], "w") as report:
+        for order in ("tottime", "cumulative"):
+            pstats.Stats(profiler, stream=report).sort_stats(order).print_stats(30)
 median = statistics.median(times)
 peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
