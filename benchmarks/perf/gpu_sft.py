@@ -12,8 +12,9 @@ of the machine hits both methods alike. Prints tokens/s and peak GPU memory of e
 TriAdaptLoRA / peft LoRA; writes benchmarks/perf/results/gpu_sft.json (date, commit, device).
 
 ``--random-weights`` builds the model from its config with seeded random weights instead of
-loading them: for a GPU machine that the 0.5 GB converted weight folder cannot reach. Step time and memory
-depend on the architecture, the tokens and the method, not on the weights' values; the losses do.
+loading them: for a GPU machine that the 0.5 GB converted weight folder cannot reach. Step time
+and memory depend on the architecture, the tokens and the method, not on the weights' values;
+the losses do.
 ``--profile`` runs the timed steps under cProfile and writes each cell's top functions (by own
 and by cumulative time) to benchmarks/perf/results/profiles/.
 """
@@ -92,7 +93,8 @@ def main() -> None:
               / cells[f"ZeRO-{stage} peft LoRA r=8"]["tokens_per_s"] for stage in (2, 3)}
     result = {**provenance(threads=int(os.environ.get("OMP_NUM_THREADS", "2"))), "cells": cells,
               "tokens_per_s_ratio": ratios, "target": TARGET, "smoke_on_cpu": args.smoke_on_cpu,
-              "setup": f"{model}{' (random weights)' if args.random_weights else ''}, causal-LM SFT, batch {batch} x up to {length} tokens, bf16, rank 8, "
+              "setup": f"{model}{' (random weights)' if args.random_weights else ''}, causal-LM SFT, "
+                       f"batch {batch} x up to {length} tokens, bf16, rank 8, "
                        f"{warmup} warm-up + {steps} timed steps, one process per cell (deepspeed launcher)"}
     print(f"{'cell':<30} {'tokens/s':>10} {'peak MiB':>10} {'step s':>8}")
     for name, cell in cells.items():

@@ -274,7 +274,8 @@ def profile_figures(text: str) -> dict[str, float]:
 
 def host_time(lora: dict[str, float], ours: dict[str, float]) -> str:
     return (f"Where the host time goes (`gpu_sft.py --profile`: cProfile over {lora['steps']} ZeRO-2 steps of each "
-            f"method at batch 16 after 3 warm-up steps, the listings in `benchmarks/perf/results/profiles/`): profiled, a step took "
+            f"method at batch 16 after 3 warm-up steps, the listings in `benchmarks/perf/results/profiles/`): "
+            f"profiled, a step took "
             f"{lora['seconds']:.2f} s with peft LoRA and {ours['seconds']:.2f} s with TriAdaptLoRA. DeepSpeed's "
             f"per-parameter gradient hook ran {lora['hooks']:.0f} times a step for peft LoRA (A and B of each of the "
             f"210 matrices) and {ours['hooks']:.0f} for TriAdaptLoRA (one parameter per matrix), and its overflow "
