@@ -302,8 +302,8 @@ def bound_by_overhead(small: dict, large: dict) -> str:
             f"was not profiled. The model was built from SmolLM2's config with seeded random weights (`--random-"
             f"weights`: the 0.5 GB converted folder could not be carried to the GPU machine), so step time and "
             f"memory are SmolLM2's but the losses in the JSON files are not comparable between methods. The GPU "
-            f"machine's torch was used, not the pinned 2.13.0 (transformers, peft, accelerate and deepspeed were the "
-            f"pinned versions, carried as wheels).")
+            f"machine's torch was used, not the pinned 2.13.0 (transformers, peft and deepspeed were carried as wheels "
+            f"at the pinned versions; the machine's accelerate is the pinned 1.15.0).")
 
 
 def main() -> None:
