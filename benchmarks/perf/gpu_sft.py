@@ -9,7 +9,8 @@ SmolLM2-135M-Instruct (the built-in ``smollm2``) trains on Rotten Tomatoes instr
 256 tokens. Each (stage, method) runs in a process of its own under the deepspeed launcher, through
 the runner's own DeepSpeed setup (`gpu_sft_worker.py`); stages and methods alternate so that drift
 of the machine hits both methods alike. Prints tokens/s and peak GPU memory of each, and the ratio
-TriAdaptLoRA / peft LoRA; writes benchmarks/perf/results/gpu_sft.json (date, commit, device).
+TriAdaptLoRA / peft LoRA; writes benchmarks/perf/results/gpu_sft.json (date, commit, device), or
+gpu_sft_batch<N>.json for another --batch-size (docs/performance.md shows both when both exist).
 
 ``--random-weights`` builds the model from its config with seeded random weights instead of
 loading them: for a GPU machine that the 0.5 GB converted weight folder cannot reach. Step time
@@ -34,6 +35,7 @@ from common import RESULTS, provenance
 HERE = Path(__file__).resolve().parent
 METHODS = {"peft LoRA r=8": "peft-lora", "TriAdaptLoRA r=8": "triadapt"}
 PROFILES = RESULTS / "profiles"
+DEFAULT_BATCH = 16
 TARGET = 0.95  # TriAdaptLoRA tokens/s relative to peft LoRA (issue #13)
 
 
@@ -54,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per cell (after --warmup)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--smoke-on-cpu", action="store_true",
                         help="check the path without a GPU: a tiny random Llama, 2 steps, bf16 on the CPU")
@@ -103,7 +105,8 @@ def main() -> None:
         print(f"{stage}: TriAdaptLoRA / peft LoRA tokens/s = {ratio:.3f} (target >= {TARGET})")
     if not (args.smoke_on_cpu or args.profile):  # a smoke run's or a profiled run's figures are not results
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "gpu_sft.json").write_text(json.dumps(result, indent=2))
+        name = "gpu_sft" if batch == DEFAULT_BATCH else f"gpu_sft_batch{batch}"
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -256,25 +256,32 @@ def gpu_section() -> list[str]:
     if len(runs) == 2:
         lines += [bound_by_overhead(*runs), ""]
     profiles = {m: RESULTS / "profiles" / f"zero2-{m}.txt" for m in ("peft-lora", "triadapt")}
-    if all(path.is_file() for path in profiles.values()):
-        lines += [host_time(*(profile_figures(path.read_text()) for path in profiles.values())), ""]
+    figures = [profile_figures(path.read_text()) for path in profiles.values() if path.is_file()]
+    if len(figures) == 2 and all(figures):
+        lines += [host_time(*figures), ""]
     return lines
 
 
-def profile_figures(text: str) -> dict[str, float]:
-    """Steps, host seconds, DeepSpeed's gradient-hook calls and overflow-check seconds from a cProfile listing."""
-    def row(function: str) -> list[str]:
-        return next(line.split() for line in text.splitlines() if line.rstrip().endswith(function))
-
-    steps = int(row("_tensor.py:576(backward)")[0])
+def profile_figures(text: str) -> dict[str, float] | None:
+    """Steps, host seconds, DeepSpeed's gradient-hook calls and overflow-check seconds from a cProfile listing
+    (None when the listing lacks one of those rows, e.g. from another DeepSpeed version)."""
+    rows = {}
+    for function in ("(backward)", "(reduce_independent_p_g_buckets_and_remove_grads)",
+                     "(has_overflow_partitioned_grads_serial)"):
+        found = [line.split() for line in text.splitlines() if line.rstrip().endswith(function)]
+        if not found:
+            return None
+        rows[function] = found[0]
+    row = rows.__getitem__
+    steps = int(row("(backward)")[0])
     return {"steps": steps, "seconds": float(re.search(r"function calls .* in ([\d.]+) seconds", text)[1]) / steps,
             "hooks": int(row("(reduce_independent_p_g_buckets_and_remove_grads)")[0].split("/")[0]) / steps,
             "overflow": float(row("(has_overflow_partitioned_grads_serial)")[3]) / steps}
 
 
 def host_time(lora: dict[str, float], ours: dict[str, float]) -> str:
-    return (f"Where the host time goes (`gpu_sft.py --profile`: cProfile over {lora['steps']} ZeRO-2 steps of each "
-            f"method at batch 16 after 3 warm-up steps, the listings in `benchmarks/perf/results/profiles/`): "
+    return (f"Where the host time goes (cProfile over {lora['steps']} timed ZeRO-2 steps of each method at batch 16; "
+            f"the listings and how they were made are in `benchmarks/perf/results/profiles/`): "
             f"profiled, a step took "
             f"{lora['seconds']:.2f} s with peft LoRA and {ours['seconds']:.2f} s with TriAdaptLoRA. DeepSpeed's "
             f"per-parameter gradient hook ran {lora['hooks']:.0f} times a step for peft LoRA (A and B of each of the "
@@ -298,8 +305,8 @@ def bound_by_overhead(small: dict, large: dict) -> str:
     return (f"Read these figures as host overhead, not GPU arithmetic: {tokens[1] / tokens[0]:.1f}× the tokens a "
             f"batch left the median steps about where they were ({moved}), so at this "
             f"model size the step is bound by the work done on the CPU per step (DeepSpeed's hooks and the Python of "
-            f"both methods), and the ratios compare that overhead; how it splits between DeepSpeed and each method "
-            f"was not profiled. The model was built from SmolLM2's config with seeded random weights (`--random-"
+            f"both methods), and the ratios compare that overhead (profiled for ZeRO-2 below). The model was built "
+            f"from SmolLM2's config with seeded random weights (`--random-"
             f"weights`: the 0.5 GB converted folder could not be carried to the GPU machine), so step time and "
             f"memory are SmolLM2's but the losses in the JSON files are not comparable between methods. The GPU "
             f"machine's torch was used, not the pinned 2.13.0 (transformers, peft and deepspeed were carried as wheels "
