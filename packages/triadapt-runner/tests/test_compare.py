@@ -84,3 +84,18 @@ def test_run_metrics_are_compared_raw_and_rows_without_them_left_out(tracker):
     add_run(tracker, None, "full", "rotten_tomatoes", 0, 0.8)  # no ranks: no rank_use
     table = build_table(collect_runs(tracker), metric="rank_use")
     assert table.methods == ["tri"] and "0.82 ± 0.03 (n=2)" in table.terminal()
+
+
+def test_causal_lm_perplexity_is_shown_to_four_decimals(tracker):
+    # perplexities near 1 whose difference lies in the third decimal: two decimals would show 1.21 for both rows
+    for seed, (lora, tri) in enumerate([(1.2015, 1.2106), (1.2227, 1.2159), (1.2131, 1.2089)]):
+        for method, value in (("LoRA", lora), ("tri", tri)):
+            run = tracker.start_run("t", {"triadapt.role": "cell", "triadapt.method": method,
+                                          "triadapt.task": "rotten_tomatoes_sft", "triadapt.seed": str(seed),
+                                          "triadapt.config_hash": "c1"})
+            tracker.log_metrics(run, {"result_perplexity": value}, 1)
+            tracker.end_run(run)
+    text = build_table(collect_runs(tracker), baseline="LoRA").terminal()
+    # LoRA: mean 1.2124, std 0.010605; tri: mean 1.2118, std 0.003651; paired Δ = -0.000633
+    assert "1.2124 ± 0.0106 (n=3)" in text and "1.2118 ± 0.0037 (n=3)" in text and "-0.0006 [" in text
+    assert "rotten_tomatoes_sft (perplexity)" in text

@@ -52,10 +52,10 @@ class Stat:
     def median(self) -> float:
         return statistics.median(self.values)
 
-    def text(self, scale: float = 100.0) -> str:
+    def text(self, scale: float = 100.0, digits: int = 2) -> str:
         if self.std is None:
-            return f"{self.mean * scale:.2f} (n=1)"
-        return f"{self.mean * scale:.2f} ± {self.std * scale:.2f} (n={self.n})"
+            return f"{self.mean * scale:.{digits}f} (n=1)"
+        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f} (n={self.n})"
 
 
 @dataclass
@@ -73,6 +73,12 @@ class Table:
         raw = self.metric in RUN_METRICS or (spec is not None and (spec.is_qa or spec.is_causal_lm))
         return 1.0 if raw else 100.0
 
+    def digits(self, task: str) -> int:
+        """Decimals shown: four for a causal-LM task's loss and perplexity (values near 1 whose differences lie in
+        the third decimal), two otherwise."""
+        spec = TASKS.get(task)
+        return 4 if self.metric not in RUN_METRICS and spec is not None and spec.is_causal_lm else 2
+
     def difference(self, method: str, task: str) -> Difference | None:
         """``method`` against the baseline row on ``task`` (None for the baseline itself or a missing cell)."""
         if self.baseline is None or method == self.baseline:
@@ -88,14 +94,15 @@ class Table:
     def rows(self) -> list[list[str]]:
         out = []
         for method in self.methods:
-            row = [method] + [self.cells[(method, t)].text(self.scale(t)) if (method, t) in self.cells else "—"
-                              for t in self.tasks]
+            row = [method] + [self.cells[(method, t)].text(self.scale(t), self.digits(t))
+                              if (method, t) in self.cells else "—" for t in self.tasks]
             avg = self.average(method)
-            row.append(f"{avg:.2f}" if avg is not None else "—")
+            row.append(f"{avg:.{max(map(self.digits, self.tasks))}f}" if avg is not None else "—")
             if self.baseline is not None:
                 for task in self.tasks:
                     diff = self.difference(method, task)
-                    row.append("baseline" if method == self.baseline else diff.text(self.scale(task)) if diff else "—")
+                    row.append("baseline" if method == self.baseline else diff.text(self.scale(task), self.digits(task))
+                               if diff else "—")
             out.append(row)
         return out
 

@@ -22,12 +22,12 @@ class Difference:
     ci_high: float | None = None
     p_value: float | None = None
 
-    def text(self, scale: float = 100.0) -> str:
+    def text(self, scale: float = 100.0, digits: int = 2) -> str:
         """``+1.20 [-0.40, +2.80] p=0.12 (paired, n=3)``; ``+1.20 (n=1)`` without a test."""
-        diff = f"{self.diff * scale:+.2f}"
+        diff = f"{self.diff * scale:+.{digits}f}"
         if self.test == "none":
             return f"{diff} (n={self.n})"
-        ci = "" if self.ci_low is None else f" [{self.ci_low * scale:+.2f}, {self.ci_high * scale:+.2f}]"
+        ci = "" if self.ci_low is None else f" [{self.ci_low * scale:+.{digits}f}, {self.ci_high * scale:+.{digits}f}]"
         p = "p=n/a" if self.p_value is None else f"p={self.p_value:.3g}"
         return f"{diff}{ci} {p} ({self.test}, n={self.n})"
 
