@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Quality on the offline datasets: the paper's Tables I-III with the peers (offline-tables.yaml: 3 seeds,
-# one learning-rate protocol for every row) and its Figures 3-4 (offline-sensitivity-*.yaml), causal-LM SFT
+# one learning-rate protocol for every row; offline-tables-drug-reviews.yaml: the drug-reviews half again,
+# twice as long) and its Figures 3-4 (offline-sensitivity-*.yaml), causal-LM SFT
 # on SmolLM2 (smollm2-sft.yaml, peft LoRA vs TriAdaptLoRA), then the comparison tables (Markdown and CSV,
 # with CI and p-value against a baseline row) next to this script.
 # Resumable: rerun to continue where it stopped.
-#   bash benchmarks/quality/run.sh            (about 9 hours on 2 idle CPU cores)
+#   bash benchmarks/quality/run.sh            (about 18 hours on 2 idle CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -14,6 +15,9 @@ out=benchmarks/quality
 triadapt ablate benchmarks/ablations/offline-tables.yaml --tracking-uri "$uri" --no-progress
 triadapt compare --grid offline-tables --tracking-uri "$uri" --baseline "peft LoRA" \
   --markdown "$out/offline-tables.md" --csv "$out/offline-tables.csv"
+triadapt ablate benchmarks/ablations/offline-tables-drug-reviews.yaml --tracking-uri "$uri" --no-progress
+triadapt compare --grid offline-tables-drug-reviews --tracking-uri "$uri" --baseline "peft LoRA" \
+  --markdown "$out/offline-tables-drug-reviews.md" --csv "$out/offline-tables-drug-reviews.csv"
 
 for grid in benchmarks/ablations/offline-sensitivity-*.yaml; do
   name=$(basename "$grid" .yaml)
