@@ -7,11 +7,11 @@ from triadapt_runner.errors import RunnerError
 from triadapt_runner.tracking import Tracker
 
 
-def add_run(tracker, parent, method, task, seed, value, config_hash="c1"):
+def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy"):
     tags = {"triadapt.role": "cell", "triadapt.method": method, "triadapt.task": task, "triadapt.seed": str(seed),
             "triadapt.config_hash": config_hash}
     run_id = tracker.start_run(f"{method}-{task}-{seed}", tags, parent)
-    tracker.log_metrics(run_id, {"result_accuracy": value}, 1)
+    tracker.log_metrics(run_id, {metric: value}, 1)
     tracker.end_run(run_id)
 
 
@@ -89,13 +89,9 @@ def test_run_metrics_are_compared_raw_and_rows_without_them_left_out(tracker):
 def test_causal_lm_perplexity_is_shown_to_four_decimals(tracker):
     # perplexities near 1 whose difference lies in the third decimal: two decimals would show 1.21 for both rows
     for seed, (lora, tri) in enumerate([(1.2015, 1.2106), (1.2227, 1.2159), (1.2131, 1.2089)]):
-        for method, value in (("LoRA", lora), ("tri", tri)):
-            run = tracker.start_run("t", {"triadapt.role": "cell", "triadapt.method": method,
-                                          "triadapt.task": "rotten_tomatoes_sft", "triadapt.seed": str(seed),
-                                          "triadapt.config_hash": "c1"})
-            tracker.log_metrics(run, {"result_perplexity": value}, 1)
-            tracker.end_run(run)
+        add_run(tracker, None, "LoRA", "rotten_tomatoes_sft", seed, lora, metric="result_perplexity")
+        add_run(tracker, None, "tri", "rotten_tomatoes_sft", seed, tri, metric="result_perplexity")
     text = build_table(collect_runs(tracker), baseline="LoRA").terminal()
-    # LoRA: mean 1.2124, std 0.010605; tri: mean 1.2118, std 0.003651; paired Δ = -0.000633
+    # LoRA: mean 1.21243, std 0.010616; tri: mean 1.2118, std 0.003651; paired Δ = -0.000633
     assert "1.2124 ± 0.0106 (n=3)" in text and "1.2118 ± 0.0037 (n=3)" in text and "-0.0006 [" in text
     assert "rotten_tomatoes_sft (perplexity)" in text
