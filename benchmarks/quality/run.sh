@@ -23,7 +23,7 @@ for grid in benchmarks/ablations/offline-sensitivity-*.yaml; do
   name=$(basename "$grid" .yaml)
   triadapt ablate "$grid" --tracking-uri "$uri" --no-progress
   triadapt compare --grid "$name" --tracking-uri "$uri" --baseline "TriAdaptLoRA linear t0=ΔT=4" \
-    --markdown "$out/$name.md" --csv "$out/$name.csv"
+    --baseline "IncreLoRA-style t0=ΔT=4" --markdown "$out/$name.md" --csv "$out/$name.csv"
 done
 
 triadapt ablate benchmarks/ablations/smollm2-sft.yaml --tracking-uri "$uri" --no-progress

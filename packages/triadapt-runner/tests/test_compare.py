@@ -54,7 +54,7 @@ def test_baseline_column_pairs_shared_seeds_and_is_logged_on_the_parent(tracker,
         add_run(tracker, parent, "LoRA", "rotten_tomatoes", seed, lora)
         add_run(tracker, parent, "TriAdaptLoRA", "rotten_tomatoes", seed, tri)
     add_run(tracker, parent, "one seed", "rotten_tomatoes", 0, 0.74)
-    table = build_table(collect_runs(tracker, grid="sig"), baseline="LoRA")
+    table = build_table(collect_runs(tracker, grid="sig"), baselines=["LoRA"])
     diff = table.difference("TriAdaptLoRA", "rotten_tomatoes")
     assert diff.test == "paired" and diff.diff == pytest.approx(0.02)
     text = table.terminal()
@@ -72,7 +72,7 @@ def test_baseline_column_pairs_shared_seeds_and_is_logged_on_the_parent(tracker,
 def test_unknown_baseline_names_the_rows(tracker):
     add_run(tracker, None, "tri", "rotten_tomatoes", 0, 0.8)
     with pytest.raises(RunnerError, match="baseline='LoRA' is invalid: the rows are 'tri'"):
-        build_table(collect_runs(tracker), baseline="LoRA")
+        build_table(collect_runs(tracker), baselines=["LoRA"])
 
 
 def test_run_metrics_are_compared_raw_and_rows_without_them_left_out(tracker):
@@ -91,7 +91,37 @@ def test_causal_lm_perplexity_is_shown_to_four_decimals(tracker):
     for seed, (lora, tri) in enumerate([(1.2015, 1.2106), (1.2227, 1.2159), (1.2131, 1.2089)]):
         add_run(tracker, None, "LoRA", "rotten_tomatoes_sft", seed, lora, metric="result_perplexity")
         add_run(tracker, None, "tri", "rotten_tomatoes_sft", seed, tri, metric="result_perplexity")
-    text = build_table(collect_runs(tracker), baseline="LoRA").terminal()
+    text = build_table(collect_runs(tracker), baselines=["LoRA"]).terminal()
     # LoRA: mean 1.21243, std 0.010616; tri: mean 1.2118, std 0.003651; paired Δ = -0.000633
     assert "1.2124 ± 0.0106 (n=3)" in text and "1.2118 ± 0.0037 (n=3)" in text and "-0.0006 [" in text
     assert "rotten_tomatoes_sft (perplexity)" in text
+
+
+def test_each_repeated_baseline_gets_its_own_columns_csv_lines_and_artifact_name(tracker, tmp_path, capsys):
+    # a sensitivity grid: each method's variant against its own default, both in one table
+    from triadapt_runner.cli import main
+
+    parent = tracker.start_run("grid:sens", {"triadapt.role": "parent", "triadapt.grid": "sens"})
+    rows = {"tri t0=4": [0.70, 0.72, 0.71], "tri t0=38": [0.69, 0.70, 0.71],
+            "inc t0=4": [0.66, 0.74, 0.70], "inc t0=38": [0.65, 0.70, 0.69]}
+    for method, values in rows.items():
+        for seed, value in enumerate(values):
+            add_run(tracker, parent, method, "rotten_tomatoes", seed, value)
+    csv_path = tmp_path / "t.csv"
+    assert main(["compare", "--grid", "sens", "--tracking-uri", tracker.uri, "--experiment", "cmp",
+                 "--baseline", "tri t0=4", "--baseline", "inc t0=4", "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert "rotten_tomatoes: Δ vs tri t0=4 [95% CI] p" in header
+    assert "rotten_tomatoes: Δ vs inc t0=4 [95% CI] p" in header
+    line = next(x for x in out.splitlines() if x.startswith("inc t0=38"))
+    # paired differences: vs tri t0=4 (-0.05, -0.02, -0.02) → mean -3.00; vs inc t0=4 (-0.01, -0.04, -0.01) → -2.00
+    assert line.index("-3.00 [") < line.index("-2.00 [")
+    assert out.count("baseline") >= 2
+    lines = [x.split(",") for x in csv_path.read_text().splitlines()[1:]]
+    assert len(lines) == 4 * 2  # one line per row and baseline
+    pairs = {(x[0], x[7]): float(x[8] or "nan") for x in lines}
+    assert pairs[("inc t0=38", "tri t0=4")] == pytest.approx(-0.03)
+    assert pairs[("inc t0=38", "inc t0=4")] == pytest.approx(-0.02)
+    logged = {a.path for a in tracker.client.list_artifacts(parent)}
+    assert "compare-main-vs-tri_t0_4-vs-inc_t0_4.csv" in logged

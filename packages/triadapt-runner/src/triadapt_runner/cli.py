@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="main", help="metric per task (default: each task's main metric)")
     compare.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     compare.add_argument("--csv", type=Path, help="also write mean, std, n, median as CSV here")
-    compare.add_argument("--baseline", metavar="ROW", help="add each row's difference to this row, with a 95%% CI and "
-                                                         "a p-value (paired t-test on shared seeds, else Welch)")
+    compare.add_argument("--baseline", metavar="ROW", action="append", dest="baselines", default=[],
+                         help="add each row's difference to this row, with a 95%% CI and a p-value (paired t-test on "
+                              "shared seeds, else Welch); repeat for one set of columns per baseline row")
     _tracking_args(compare, default_experiment=None)
     compare.set_defaults(handler=_compare)
 
@@ -178,7 +179,7 @@ def _compare(args: argparse.Namespace) -> int:
     grid, experiment = _grid_and_experiment(args)
     tracker = Tracker(args.tracking_uri, experiment, create=False)  # reading: never creates an experiment
     parent = parent_of(tracker, grid) if grid else args.parent
-    table = build_table(collect_runs(tracker, parent_id=parent), args.metric, args.baseline)
+    table = build_table(collect_runs(tracker, parent_id=parent), args.metric, args.baselines)
     print(table.terminal(), end="")
     if parent:
         print(f"logged {', '.join(log_table(tracker, parent, table))} on the grid's parent run {parent}")

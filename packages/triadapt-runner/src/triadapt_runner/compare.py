@@ -2,8 +2,8 @@
 
 Only FINISHED cell runs count. Within one (method, task) cell of the table every run must
 share one config (apart from the seed) and seeds must not repeat: otherwise the table
-would silently average different things, so it is refused. With a baseline row, every other
-row gets its difference to it per task, with a 95 % CI and a p-value (`significance`).
+would silently average different things, so it is refused. With baseline rows, every row gets
+its difference to each of them per task, with a 95 % CI and a p-value (`significance`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import io
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from triadapt_runner.data.tasks import TASKS
 from triadapt_runner.errors import RunnerError
@@ -64,7 +64,7 @@ class Table:
     tasks: list[str]
     cells: dict[tuple[str, str], Stat]
     metric: str
-    baseline: str | None = None
+    baselines: tuple[str, ...] = ()
 
     def scale(self, task: str) -> float:
         """Fractions (accuracy, F1, correlations) in per cent; QA scores (already per cent), losses, perplexities
@@ -79,11 +79,13 @@ class Table:
         spec = TASKS.get(task)
         return 4 if self.metric not in RUN_METRICS and spec is not None and spec.is_causal_lm else 2
 
-    def difference(self, method: str, task: str) -> Difference | None:
-        """``method`` against the baseline row on ``task`` (None for the baseline itself or a missing cell)."""
-        if self.baseline is None or method == self.baseline:
+    def difference(self, method: str, task: str, baseline: str | None = None) -> Difference | None:
+        """``method`` against a baseline row (default: the first) on ``task`` (None for that row itself, a missing
+        cell or a table without baselines)."""
+        baseline = baseline or (self.baselines[0] if self.baselines else None)
+        if baseline is None or method == baseline:
             return None
-        row, base = self.cells.get((method, task)), self.cells.get((self.baseline, task))
+        row, base = self.cells.get((method, task)), self.cells.get((baseline, task))
         return difference(row.by_seed, base.by_seed) if row and base else None
 
     def average(self, method: str) -> float | None:
@@ -98,18 +100,17 @@ class Table:
                               if (method, t) in self.cells else "—" for t in self.tasks]
             avg = self.average(method)
             row.append(f"{avg:.{max(map(self.digits, self.tasks))}f}" if avg is not None else "—")
-            if self.baseline is not None:
+            for baseline in self.baselines:
                 for task in self.tasks:
-                    diff = self.difference(method, task)
-                    row.append("baseline" if method == self.baseline else diff.text(self.scale(task), self.digits(task))
+                    diff = self.difference(method, task, baseline)
+                    row.append("baseline" if method == baseline else diff.text(self.scale(task), self.digits(task))
                                if diff else "—")
             out.append(row)
         return out
 
     def header(self) -> list[str]:
         head = ["method"] + [f"{t} ({_metric_name(t, self.metric)})" for t in self.tasks] + ["average"]
-        if self.baseline is not None:
-            head += [f"{t}: Δ vs {self.baseline} [95% CI] p" for t in self.tasks]
+        head += [f"{t}: Δ vs {b} [95% CI] p" for b in self.baselines for t in self.tasks]
         return head
 
     def markdown(self) -> str:
@@ -126,17 +127,19 @@ class Table:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         head = ["method", "task", "metric", "mean", "std", "n", "median"]
-        if self.baseline is not None:
+        if self.baselines:  # one line per cell and baseline
             head += ["baseline", "diff", "ci_low", "ci_high", "p_value", "test", "test_n"]
         writer.writerow(head)
         for (method, task), stat in sorted(self.cells.items()):
             std = "" if stat.std is None else f"{stat.std:.6f}"
-            line = [method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", std, stat.n, f"{stat.median:.6f}"]
-            if self.baseline is not None:
-                d = self.difference(method, task)
-                line += [self.baseline] + (["", "", "", "", "", ""] if d is None else [
-                    f"{d.diff:.6f}", _num(d.ci_low), _num(d.ci_high), _num(d.p_value), d.test, d.n])
-            writer.writerow(line)
+            line = [method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", std, stat.n,
+                    f"{stat.median:.6f}"]
+            if not self.baselines:
+                writer.writerow(line)
+            for baseline in self.baselines:
+                d = self.difference(method, task, baseline)
+                writer.writerow(line + [baseline] + (["", "", "", "", "", ""] if d is None else [
+                    f"{d.diff:.6f}", _num(d.ci_low), _num(d.ci_high), _num(d.p_value), d.test, d.n]))
         return buffer.getvalue()
 
 
@@ -160,8 +163,7 @@ def parent_of(tracker: Tracker, grid: str) -> str:
 
 def log_table(tracker: Tracker, parent_id: str, table: Table) -> list[str]:
     """The table as Markdown and CSV artifacts of the grid's parent run; returns their names."""
-    stem = f"compare-{table.metric}" + (f"-vs-{re.sub(r'[^A-Za-z0-9._-]+', '_', table.baseline)}"
-                                        if table.baseline else "")
+    stem = f"compare-{table.metric}" + "".join(f"-vs-{re.sub(r'[^A-Za-z0-9._-]+', '_', b)}" for b in table.baselines)
     names = [f"{stem}.md", f"{stem}.csv"]
     for name, text in zip(names, (table.markdown(), table.csv())):
         tracker.log_text(parent_id, name, text)
@@ -181,7 +183,8 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
     return [r for r in runs if r.info.status == FINISHED and r.data.tags.get(f"{T}selection") != "rejected"]
 
 
-def build_table(runs: list[Any], metric: str = "main", baseline: str | None = None) -> Table:
+def build_table(runs: list[Any], metric: str = "main", baselines: Sequence[str] = ()) -> Table:
+    """The table of ``runs``; each row is compared with every row named in ``baselines`` (in that order)."""
     cells: dict[tuple[str, str], list[tuple[int, str, float]]] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
@@ -208,7 +211,10 @@ def build_table(runs: list[Any], metric: str = "main", baseline: str | None = No
                               f"ran twice; compare one grid (--grid / --parent) instead of the whole experiment")
     methods = list(dict.fromkeys(m for m, _ in cells))
     tasks = list(dict.fromkeys(t for _, t in cells))
-    if baseline is not None and baseline not in methods:
-        raise RunnerError(f"baseline={baseline!r} is invalid: the rows are {', '.join(repr(m) for m in methods)}")
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    for baseline in baselines:
+        if baseline not in methods:
+            raise RunnerError(f"baseline={baseline!r} is invalid: the rows are {', '.join(repr(m) for m in methods)}")
     stats = {k: Stat([v for _, _, v in e], [s for s, _, _ in e]) for k, e in cells.items()}
-    return Table(methods, tasks, stats, metric, baseline)
+    return Table(methods, tasks, stats, metric, tuple(dict.fromkeys(baselines)))

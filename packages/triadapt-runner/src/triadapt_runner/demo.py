@@ -53,7 +53,7 @@ def run_demo(tracking_uri: str | None, experiment: str, quick: bool = False, pro
     started = time.perf_counter()
     outcome = run_grid(spec, tracker, progress=progress)
     print("\n".join(summary_lines(outcome)))
-    table = build_table(collect_runs(tracker, parent_id=outcome.parent_id), baseline=BASELINE)
+    table = build_table(collect_runs(tracker, parent_id=outcome.parent_id), baselines=[BASELINE])
     log_table(tracker, outcome.parent_id, table)
     print("\nvalidation accuracy (%), same total rank budget (8 per matrix), each row against LoRA:\n")
     print(table.terminal())
