@@ -14,10 +14,11 @@ out=benchmarks/quality
 
 triadapt ablate benchmarks/ablations/offline-tables.yaml --tracking-uri "$uri" --no-progress
 triadapt compare --grid offline-tables --tracking-uri "$uri" --baseline "peft LoRA" \
-  --markdown "$out/offline-tables.md" --csv "$out/offline-tables.csv"
+  --baseline "TriAdaptLoRA linear" --markdown "$out/offline-tables.md" --csv "$out/offline-tables.csv"
 triadapt ablate benchmarks/ablations/offline-tables-drug-reviews.yaml --tracking-uri "$uri" --no-progress
 triadapt compare --grid offline-tables-drug-reviews --tracking-uri "$uri" --baseline "peft LoRA" \
-  --markdown "$out/offline-tables-drug-reviews.md" --csv "$out/offline-tables-drug-reviews.csv"
+  --baseline "TriAdaptLoRA linear" --markdown "$out/offline-tables-drug-reviews.md" \
+  --csv "$out/offline-tables-drug-reviews.csv"
 
 for grid in benchmarks/ablations/offline-sensitivity-*.yaml; do
   name=$(basename "$grid" .yaml)
