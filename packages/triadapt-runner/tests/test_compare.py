@@ -7,9 +7,9 @@ from triadapt_runner.errors import RunnerError
 from triadapt_runner.tracking import Tracker
 
 
-def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy"):
+def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy", selection=None):
     tags = {"triadapt.role": "cell", "triadapt.method": method, "triadapt.task": task, "triadapt.seed": str(seed),
-            "triadapt.config_hash": config_hash}
+            "triadapt.config_hash": config_hash, **({"triadapt.selection": selection} if selection else {})}
     run_id = tracker.start_run(f"{method}-{task}-{seed}", tags, parent)
     tracker.log_metrics(run_id, {metric: value}, 1)
     tracker.end_run(run_id)
@@ -46,6 +46,21 @@ def test_unfinished_runs_are_ignored(tracker):
                                      "rotten_tomatoes", "triadapt.seed": "0", "triadapt.config_hash": "c1"})
     tracker.end_run(failed, "FAILED")
     assert build_table(collect_runs(tracker)).cells[("tri", "rotten_tomatoes")].n == 1
+
+
+def test_a_row_whose_selection_is_still_under_way_is_left_out_with_a_note(tracker):
+    """A grid with ``select`` stopped part-way: row "b" has run one of its values, and nothing is chosen yet."""
+    parent = tracker.start_run("grid:sel", {"triadapt.role": "parent", "triadapt.grid": "sel"})
+    add_run(tracker, parent, "a", "drug_reviews", 0, 0.70, config_hash="lr1", selection="chosen")
+    add_run(tracker, parent, "a", "drug_reviews", 0, 0.60, config_hash="lr2", selection="rejected")
+    add_run(tracker, parent, "a", "drug_reviews", 1, 0.72, config_hash="lr1", selection="chosen")
+    add_run(tracker, parent, "b", "drug_reviews", 0, 0.65, config_hash="lr1")
+    notes = []
+    table = build_table(collect_runs(tracker, grid="sel", notes=notes))
+    assert list(table.cells) == [("a", "drug_reviews")] and table.cells[("a", "drug_reviews")].n == 2
+    assert notes == ["left out until the grid has chosen their value: b (drug_reviews) (1 finished selection run)"]
+    table.notes = tuple(notes)  # as `triadapt compare` does: the note goes with the table wherever it is written
+    assert table.markdown().endswith(f"\nNote: {notes[0]}\n") and table.terminal().endswith(f"note: {notes[0]}\n")
 
 
 def test_baseline_column_pairs_shared_seeds_and_is_logged_on_the_parent(tracker, tmp_path):

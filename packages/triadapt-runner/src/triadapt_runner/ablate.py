@@ -114,6 +114,8 @@ def _clear_checkpoints(root: str | Path | None, cell: Cell) -> None:
 
 def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
     tracker.set_tag(run_id, f"{T}world_size", str(result.world_size))
+    if result.device:
+        tracker.set_tag(run_id, f"{T}device", result.device)
     tracker.log_metrics(run_id, {f"result_{k}": v for k, v in result.metrics.items()}, result.total_steps)
     tracker.log_metrics(run_id, result.run_metrics, result.total_steps)  # rank use, capacity hits, parameters, time
     for key, value in result.protocol.items():
@@ -131,19 +133,26 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
 
 
 def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
-             progress: bool = True, checkpoint_root: str | Path | None = None) -> GridOutcome:
+             progress: bool = True, checkpoint_root: str | Path | None = None, jobs: int = 1) -> GridOutcome:
     """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker.
 
     With ``select``, rows run one after another: a row's selection cells, the choice of its value
     from their results, then its other seeds at that value (`triadapt_runner.selection`). A grid
-    stopped part-way thus leaves whole rows (every seed) rather than seed 0 of every row.
+    stopped part-way thus leaves whole rows (every seed) rather than seed 0 of every row. With
+    ``jobs`` > 1 (one process only), up to that many cells run at once, each as soon as it can
+    (`triadapt_runner.parallel_cells`).
     """
     main = tracker is not None
     preflight(spec.cells(), spec.source)  # every cell checked before the parent run exists
     parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
     run = dict(tracker=tracker, parent_id=parent_id, done=done, spec=spec, fail_fast=fail_fast, progress=progress,
                checkpoint_root=checkpoint_root)
-    if not spec.select:
+    if jobs > 1:
+        from triadapt_runner.parallel_cells import run_cells_in_processes
+
+        outcomes = run_cells_in_processes(spec, jobs, tracker=tracker, parent_id=parent_id, done=done,
+                                          fail_fast=fail_fast, checkpoint_root=checkpoint_root)
+    elif not spec.select:
         outcomes = _run_cells(spec.cells(), **run)
     else:
         outcomes = []
@@ -151,15 +160,18 @@ def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fa
             outcomes += _run_cells(list(cells), **run)
             if fail_fast and any(o.status == "failed" for o in outcomes):
                 break
-            chosen = main_only(lambda row=row: _apply_selection(spec, tracker, parent_id, announce=row))
+            chosen = main_only(lambda row=row: apply_selection(spec, tracker, parent_id, announce=row))
             outcomes += _run_cells([c for c in spec.final_cells(chosen) if c.row == row], **run,
-                                   extra_tags={f"{T}selection": "chosen"})
+                                   extra_tags=CHOSEN)
             if fail_fast and any(o.status == "failed" for o in outcomes):
                 break
     if main:
         log_rank_figure(tracker, parent_id)
         tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
     return GridOutcome(parent_id, outcomes)
+
+
+CHOSEN = {f"{T}selection": "chosen"}  # the tag of a row's cells at its chosen value, after its selection
 
 
 def _run_cells(cells: list[Cell], *, tracker: Tracker | None, parent_id: str, done: dict[str, str], spec: GridSpec,
@@ -170,19 +182,26 @@ def _run_cells(cells: list[Cell], *, tracker: Tracker | None, parent_id: str, do
     for cell in bar:
         if cell.id in done:
             outcomes.append(CellOutcome(cell, "skipped", done[cell.id]))
-            _say(main, f"{'skipped':<9}{cell.id} {cell.method} {cell.task} seed {cell.seed} (finished earlier)")
+            _say(main, outcome_line(outcomes[-1]))
             continue
         outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root,
                            extra_tags=extra_tags)
         outcomes.append(outcome)
-        detail = outcome.error if outcome.status == "failed" else _metrics_text(outcome.metrics)
-        _say(main, f"{outcome.status:<9}{cell.id} {cell.method} {cell.task} seed {cell.seed}: {detail}")
+        _say(main, outcome_line(outcome))
         if outcome.status == "failed" and fail_fast:
             break
     return outcomes
 
 
-def _apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce: str) -> dict[str, Any]:
+def outcome_line(outcome: CellOutcome) -> str:
+    cell = outcome.cell
+    if outcome.status == "skipped":
+        return f"{'skipped':<9}{cell.id} {cell.method} {cell.task} seed {cell.seed} (finished earlier)"
+    detail = outcome.error if outcome.status == "failed" else _metrics_text(outcome.metrics)
+    return f"{outcome.status:<9}{cell.id} {cell.method} {cell.task} seed {cell.seed}: {detail}"
+
+
+def apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce: str) -> dict[str, Any]:
     """Choose each row's value from its finished selection runs; tag them; log ``selection.json`` on the parent.
 
     Every row with results is (re)chosen, so ``selection.json`` always covers the grid so far;

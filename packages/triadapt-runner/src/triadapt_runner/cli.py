@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     ablate.add_argument("--force", action="store_true", help="start a new parent run if the spec changed")
     ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    ablate.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run up to N rows (grids with select) or cells at once, each in its own process "
+                             "(default 1; they share the CPU cores and the visible GPUs)")
     _checkpoint_arg(ablate)
     _tracking_args(ablate, default_experiment=None)
     ablate.set_defaults(handler=_ablate)
@@ -124,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides["data.task"] = args.task
     cfg = RunConfig.from_dict(apply_overrides(base, overrides))
     cell = Cell(cfg.config_hash(with_seed=True), cfg, {}, cfg.train.seed)
-    _quiet_libraries()
+    quiet_libraries()
     preflight([cell])  # data, model, adapters and schedule: before any MLflow run exists
     from triadapt_runner.ablate import run_cell
     from triadapt_runner.distributed import init_processes, is_main_process, main_only
@@ -145,6 +148,9 @@ def _train(args: argparse.Namespace) -> int:
 def _ablate(args: argparse.Namespace) -> int:
     from triadapt_runner.grid import load_grid
 
+    from triadapt_runner.parallel_cells import check_jobs
+
+    check_jobs(args.jobs)
     spec = load_grid(args.grid)
     if args.dry_run:
         from triadapt_runner.errors import RunnerError
@@ -156,7 +162,7 @@ def _ablate(args: argparse.Namespace) -> int:
         if invalid:
             raise RunnerError(f"{args.grid}: {invalid} of {len(spec.cells())} cells are invalid (listed above)")
         return 0
-    _quiet_libraries()
+    quiet_libraries()
     from triadapt_runner.ablate import run_grid, summary_lines
     from triadapt_runner.distributed import init_processes, is_main_process, main_only
     from triadapt_runner.tracking import Tracker
@@ -165,7 +171,7 @@ def _ablate(args: argparse.Namespace) -> int:
     main = is_main_process()
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment or spec.experiment), share=False)
     outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast,
-                       progress=not args.no_progress, checkpoint_root=args.checkpoint_dir)
+                       progress=not args.no_progress, checkpoint_root=args.checkpoint_dir, jobs=args.jobs)
     if main:
         print("\n".join(summary_lines(outcome)))
     return 1 if outcome.failed else 0
@@ -179,7 +185,9 @@ def _compare(args: argparse.Namespace) -> int:
     grid, experiment = _grid_and_experiment(args)
     tracker = Tracker(args.tracking_uri, experiment, create=False)  # reading: never creates an experiment
     parent = parent_of(tracker, grid) if grid else args.parent
-    table = build_table(collect_runs(tracker, parent_id=parent), args.metric, args.baselines)
+    notes: list[str] = []
+    table = build_table(collect_runs(tracker, parent_id=parent, notes=notes), args.metric, args.baselines)
+    table.notes = tuple(notes)
     print(table.terminal(), end="")
     if parent:
         print(f"logged {', '.join(log_table(tracker, parent, table))} on the grid's parent run {parent}")
@@ -217,7 +225,7 @@ def _grid_and_experiment(args: argparse.Namespace) -> tuple[str | None, str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     from triadapt_runner.demo import run_demo
 
     return run_demo(args.tracking_uri, args.experiment, quick=args.quick, progress=not args.no_progress)
@@ -303,7 +311,7 @@ def _quiet_mlflow() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Training commands: the progress bars and warnings of datasets, transformers and mlflow off."""
     import warnings
 

@@ -65,6 +65,7 @@ class Table:
     cells: dict[tuple[str, str], Stat]
     metric: str
     baselines: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what was left out and why (`collect_runs`), below the Markdown and terminal tables
 
     def scale(self, task: str) -> float:
         """Fractions (accuracy, F1, correlations) in per cent; QA scores (already per cent), losses, perplexities
@@ -116,12 +117,13 @@ class Table:
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + "".join(f"\nNote: {note}\n" for note in self.notes)
 
     def terminal(self) -> str:
         table = [self.header()] + self.rows()
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table) + "\n"
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table) + "\n" + \
+            "".join(f"note: {note}\n" for note in self.notes)
 
     def csv(self) -> str:
         buffer = io.StringIO()
@@ -170,7 +172,9 @@ def log_table(tracker: Tracker, parent_id: str, table: Table) -> list[str]:
     return names
 
 
-def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | None = None) -> list[Any]:
+def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | None = None,
+                 notes: list[str] | None = None) -> list[Any]:
+    """The finished runs to compare; what is left out and why is appended to ``notes``."""
     if grid is not None:
         parent_id = parent_of(tracker, grid)
     if parent_id is not None:
@@ -180,7 +184,16 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
     else:
         runs = tracker.runs(f"tags.`{T}role` = 'cell'")
     # runs at a value a grid's selection did not choose are not part of the comparison
-    return [r for r in runs if r.info.status == FINISHED and r.data.tags.get(f"{T}selection") != "rejected"]
+    finished = [r for r in runs if r.info.status == FINISHED and r.data.tags.get(f"{T}selection") != "rejected"]
+    if parent_id is None or not any(f"{T}selection" in r.data.tags for r in runs):
+        return finished
+    # a grid with a selection, stopped part-way: a row whose choice is still to come has runs without a verdict
+    undecided = [r for r in finished if f"{T}selection" not in r.data.tags]
+    if undecided and notes is not None:
+        rows = sorted({f"{r.data.tags[f'{T}method']} ({r.data.tags[f'{T}task']})" for r in undecided})
+        notes.append(f"left out until the grid has chosen their value: {', '.join(rows)} "
+                     f"({len(undecided)} finished selection run{'s' if len(undecided) > 1 else ''})")
+    return [r for r in finished if f"{T}selection" in r.data.tags]
 
 
 def build_table(runs: list[Any], metric: str = "main", baselines: Sequence[str] = ()) -> Table:

@@ -26,6 +26,7 @@ class RunResult:
     output_dir: Path | None = None
     total_steps: int = 0
     world_size: int = 1
+    device: str = ""  # where it trained, e.g. "cuda: NVIDIA H200, torch 2.11.0+cu130" (tag triadapt.device)
     run_metrics: dict[str, float] = field(default_factory=dict)  # rank use, capacity hits, parameters, step time
 
 
@@ -42,7 +43,8 @@ def finish(cfg: Any, task: Any, adapted: Adapted, history: list[dict[str, float]
     record = adapted.rank_record()
     result = RunResult(metrics={k: v for k, v in chosen.items() if k != "epoch"}, protocol=protocol, history=history,
                        ranks=record.ranks if record else {}, events=record.events if record else [], output_dir=out,
-                       total_steps=total_steps, run_metrics=run_metrics(adapted, record, step_times))
+                       total_steps=total_steps, device=device_description(accelerator.device),
+                       run_metrics=run_metrics(adapted, record, step_times))
     if not accelerator.is_main_process:
         return result
     for name, data in artifacts.items():  # of the final model's evaluation (and per epoch where a kind keeps them)
@@ -52,6 +54,15 @@ def finish(cfg: Any, task: Any, adapted: Adapted, history: list[dict[str, float]
         (out / "growth_events.json").write_text(json.dumps(record.events, indent=2))
         write_trajectory(out / "rank_trajectory.csv", record)
     return result
+
+
+def device_description(device: Any) -> str:
+    """The hardware and torch build a run trained on: a grid resumed on another machine shows it per run."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{device.type}, torch {torch.__version__}"
 
 
 def run_metrics(adapted: Adapted, record: RankRecord | None, step_times: list[float]) -> dict[str, float]:

@@ -1,0 +1,122 @@
+"""`triadapt ablate --jobs N`: cells in worker processes as soon as they can run, the layout of a serial run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, assert_bad_input, run_cli, write_yaml
+
+SELECTED = {"name": "lr-jobs", "experiment": "jobs", "base": {"task": "rotten_tomatoes", **TINY},
+            "axes": [{"zip": {"method": ["TriAdaptLoRA", "TriAdaptLoRA again"]}}],
+            "seeds": [0, 1], "select": {"axis": "train.learning_rate", "values": [1e-5, 2e-3], "seeds": [0]}}
+PLAIN = {"name": "plain-jobs", "experiment": "jobs", "base": {"task": "rotten_tomatoes", **TINY},
+         "axes": [{"zip": {"method": ["TriAdaptLoRA", "LoRA"], "adapter.structure": ["triangular", "lora"]}}],
+         "seeds": [0]}
+
+
+def _runs(uri, role):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("jobs").experiment_id
+    return client, client.search_runs([experiment], f"tags.`triadapt.role` = '{role}'")
+
+
+def test_cells_run_at_once_a_row_after_its_selection_with_the_serial_layout_and_resume(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    grid = write_yaml(tmp_path / "g.yaml", SELECTED)
+    done = run_cli("ablate", grid, "--tracking-uri", uri, "--no-progress", "--jobs", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "grid done: 6 finished" in done.stdout
+    client, cells = _runs(uri, "cell")
+    assert len(cells) == 6 and {r.info.status for r in cells} == {"FINISHED"}
+    rows = {}
+    for run in cells:
+        rows.setdefault(run.data.tags["triadapt.method"], []).append(run)
+    spans = {m: (min(r.info.start_time for r in rs), max(r.info.end_time for r in rs)) for m, rs in rows.items()}
+    (a_start, a_end), (b_start, b_end) = spans.values()
+    assert a_start < b_end and b_start < a_end  # the two rows overlapped in time: they ran in two processes
+    for runs in rows.values():  # a row's seed 1 starts once both of its seed-0 selection cells have ended
+        selection_end = max(r.info.end_time for r in runs if r.data.tags["triadapt.seed"] == "0")
+        assert [r.info.start_time >= selection_end for r in runs if r.data.tags["triadapt.seed"] == "1"] == [True]
+    parent = _runs(uri, "parent")[1][0]
+    assert parent.info.status == "FINISHED"
+    report = json.loads(open(client.download_artifacts(parent.info.run_id, "selection.json", str(tmp_path))).read())
+    assert len(report["rows"]) == 2  # written once more after both processes: every row, whichever ended last
+    for row, entry in report["rows"].items():
+        runs = rows[json.loads(row)["method"]]
+        chosen = [r for r in runs if r.data.tags.get("triadapt.selection") == "chosen"]
+        assert sorted(int(r.data.tags["triadapt.seed"]) for r in chosen) == [0, 1]
+        assert {float(r.data.params["train.learning_rate"]) for r in chosen} == {entry["chosen"]}
+    again = run_cli("ablate", grid, "--tracking-uri", uri, "--no-progress", "--jobs", "2")
+    assert again.returncode == 0 and "grid done: 6 skipped" in again.stdout, again.stderr[-2000:]
+
+
+def test_cells_of_a_grid_without_select_run_one_per_process(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    done = run_cli("ablate", write_yaml(tmp_path / "g.yaml", PLAIN), "--tracking-uri", uri, "--no-progress",
+                   "--jobs", "3")  # more jobs than cells: two processes
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, cells = _runs(uri, "cell")
+    assert sorted(r.data.tags["triadapt.method"] for r in cells) == ["LoRA", "TriAdaptLoRA"]
+    assert all("result_accuracy" in r.data.metrics for r in cells)
+    import torch
+
+    assert {r.data.tags["triadapt.device"] for r in cells} == {f"cpu, torch {torch.__version__}"}  # where it trained
+
+
+def test_bad_jobs_is_one_line(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    grid = write_yaml(tmp_path / "g.yaml", PLAIN)
+    assert_bad_input(["ablate", grid, "--tracking-uri", uri, "--jobs", "0"], r"--jobs=0 is invalid: give the number",
+                     uri, capsys)
+
+
+def test_an_interrupt_stops_the_workers_too(tmp_path):
+    """SIGINT to the main process alone (as `timeout -s INT` sends it): it ends at once, and no worker trains on
+    (each cell would train for minutes)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    long = {**PLAIN, "base": {**PLAIN["base"], "train": {**TINY["train"], "epochs": 400}}}
+    grid = write_yaml(tmp_path / "g.yaml", long)
+    cmd = [sys.executable, "-m", "triadapt_runner.cli", "ablate", str(grid), "--tracking-uri", uri, "--no-progress",
+           "--jobs", "2"]
+    main = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    children = []
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not _runs_started(uri):
+            time.sleep(1)
+        children = _children(main.pid)
+        assert children, "the workers never started"
+        main.send_signal(signal.SIGINT)
+        _, err = main.communicate(timeout=60)
+        assert main.returncode == 130, err[-2000:]
+        time.sleep(2)
+        assert not [pid for pid in children if _alive(pid)]  # no orphaned worker trains on
+    finally:
+        for pid in [main.pid, *children]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+def _runs_started(uri) -> bool:
+    try:
+        return len(_runs(uri, "cell")[1]) == 2
+    except Exception:  # the store or the experiment does not exist yet
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
