@@ -1,0 +1,44 @@
+"""benchmarks/quality/store_archive.py: a results store packed on one machine resumes and compares on another."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from triadapt_runner.tracking import Tracker
+
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "quality" / "store_archive.py"
+
+
+@pytest.fixture(scope="module")
+def store_archive():
+    spec = importlib.util.spec_from_file_location("store_archive", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pack_then_unpack_elsewhere_keeps_runs_and_the_artifacts_that_matter(store_archive, tmp_path):
+    first = tmp_path / "ran-here"
+    tracker = Tracker(f"sqlite:///{first / 'mlflow.db'}", "exp")
+    run = tracker.start_run("cell", {"triadapt.role": "cell", "triadapt.selection": "chosen"})
+    tracker.log_metrics(run, {"result_accuracy": 0.72}, 380)
+    tracker.log_json(run, "final_ranks.json", {"layer.0.query": 9})
+    tracker.log_json(run, "eval_logits.json", [[0.1, 0.2]])
+    tracker.end_run(run)
+    archive = tmp_path / "store.tar.xz"
+    assert store_archive.pack(first, archive) == 1  # final_ranks.json; eval_logits.json is left out
+    elsewhere = tmp_path / "another" / "machine"
+    assert store_archive.unpack(archive, elsewhere) == 2  # the experiment's location and the run's artifact uri
+    (first / "mlflow.db").unlink()  # nothing may still point at the folder it was packed from
+    for path in sorted(first.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    client = MlflowClient(f"sqlite:///{elsewhere / 'mlflow.db'}")
+    moved = client.get_run(run)
+    assert moved.data.metrics["result_accuracy"] == 0.72 and moved.data.tags["triadapt.selection"] == "chosen"
+    local = client.download_artifacts(run, "final_ranks.json", str(tmp_path))
+    assert json.loads(Path(local).read_text()) == {"layer.0.query": 9}
+    with pytest.raises(SystemExit, match="exists: unpack into an empty folder"):
+        store_archive.unpack(archive, elsewhere)
