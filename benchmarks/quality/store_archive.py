@@ -56,8 +56,8 @@ def unpack(archive: Path, folder: Path) -> int:
         new = folder.as_uri()
         changed = 0
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-            changed += db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE instr({column}, ?) = 1",
-                                  (new, len(old) + 1, old)).rowcount
+            update = f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE instr({column}, ?) = 1"
+            changed += db.execute(update, (new, len(old) + 1, old)).rowcount
     return changed
 
 
