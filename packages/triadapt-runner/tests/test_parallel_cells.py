@@ -83,8 +83,10 @@ def test_an_interrupt_stops_the_workers_too(tmp_path):
     grid = write_yaml(tmp_path / "g.yaml", long)
     cmd = [sys.executable, "-m", "triadapt_runner.cli", "ablate", str(grid), "--tracking-uri", uri, "--no-progress",
            "--jobs", "2"]
-    main = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:  # a file, not a pipe: the test waits for the process, not for every copy of a pipe
+        main = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     children = []
     try:
         deadline = time.time() + 300
@@ -93,14 +95,22 @@ def test_an_interrupt_stops_the_workers_too(tmp_path):
         children = _children(main.pid)
         assert children, "the workers never started"
         main.send_signal(signal.SIGINT)
-        _, err = main.communicate(timeout=60)
-        assert main.returncode == 130, err[-2000:]
-        time.sleep(2)
+        try:
+            main.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            main.send_signal(signal.SIGABRT)  # faulthandler prints where every thread of it waits
+            main.wait(timeout=30)
+            raise AssertionError(f"ablate did not end within 60 s of SIGINT:\n{log.read_text()[-6000:]}") from None
+        assert main.returncode == 130, log.read_text()[-2000:]
+        deadline = time.time() + 20
+        while time.time() < deadline and [pid for pid in children if _alive(pid)]:
+            time.sleep(0.5)
         assert not [pid for pid in children if _alive(pid)]  # no orphaned worker trains on
     finally:
         for pid in [main.pid, *children]:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
 
 def _runs_started(uri) -> bool:
     try:
