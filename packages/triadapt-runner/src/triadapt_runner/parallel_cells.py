@@ -93,11 +93,11 @@ def _outcome(future: Future, cell: Cell) -> Any:
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the running workers; their open runs are marked KILLED on resume."""
-    processes = list(getattr(pool, "_processes", {}).values())  # no public handle before Python 3.14
+    """End the running workers (SIGKILL: a library's SIGTERM handler cannot keep one training), then cancel what
+    has not started; their open runs are marked KILLED on resume."""
+    for process in list(getattr(pool, "_processes", {}).values()):  # no public handle before Python 3.14
+        process.kill()
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
 
 
 def _start_process(threads: int) -> None:
