@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--force", action="store_true", help="start a new parent run if the spec changed")
     ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
     ablate.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run up to N rows (grids with select) or cells at once, each in its own process "
-                             "(default 1; they share the CPU cores and the visible GPUs)")
+                        help="run up to N cells at once, each in a worker process, each as soon as it can (default 1; "
+                             "they share the CPU cores and the visible GPUs)")
     _checkpoint_arg(ablate)
     _tracking_args(ablate, default_experiment=None)
     ablate.set_defaults(handler=_ablate)
@@ -147,7 +147,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _ablate(args: argparse.Namespace) -> int:
     from triadapt_runner.grid import load_grid
-
     from triadapt_runner.parallel_cells import check_jobs
 
     check_jobs(args.jobs)

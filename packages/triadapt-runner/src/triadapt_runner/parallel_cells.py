@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -34,7 +36,8 @@ def run_cells_in_processes(spec: GridSpec, jobs: int, *, tracker: Any, parent_id
     """Run the grid's cells in a pool of ``jobs`` spawned processes; outcomes in the order they ended.
 
     With ``fail_fast`` nothing new starts after the first failed cell (running cells finish). A
-    cell whose process dies counts as failed. On an interrupt the workers are stopped with the grid.
+    cell whose process dies counts as failed. On an interrupt (SIGINT, or SIGTERM while this runs) the workers are
+    stopped with the grid.
     """
     from triadapt_runner.ablate import CHOSEN, CellOutcome, apply_selection, outcome_line
 
@@ -66,6 +69,7 @@ def run_cells_in_processes(spec: GridSpec, jobs: int, *, tracker: Any, parent_id
                     if final.row == cell.row:
                         start(final, CHOSEN)
 
+    previous = _terminate_as_interrupt()
     try:
         for cell in spec.selection_cells() if spec.select else spec.cells():
             start(cell)
@@ -79,8 +83,22 @@ def run_cells_in_processes(spec: GridSpec, jobs: int, *, tracker: Any, parent_id
     except BaseException:  # an interrupt: stop the workers too (a signal sent to this process alone misses them)
         _stop(pool)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
     return outcomes
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (`kill`, `timeout`, a scheduler) ends the grid as Ctrl-C does, workers included; the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _outcome(future: Future, cell: Cell) -> Any:
