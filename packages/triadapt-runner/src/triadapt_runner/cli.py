@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
     ablate.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run up to N cells at once, each in a worker process, each as soon as it can (default 1; "
-                             "they share the CPU cores and the visible GPUs)")
+                             "they share the CPU cores and the first visible GPU)")
     _checkpoint_arg(ablate)
     _tracking_args(ablate, default_experiment=None)
     ablate.set_defaults(handler=_ablate)

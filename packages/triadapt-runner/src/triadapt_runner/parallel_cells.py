@@ -5,8 +5,8 @@ A cell starts as soon as it can: every cell of a grid without ``select`` at once
 selection cells are done and its value is chosen (by this process, as in a serial run). Every
 worker opens its own tracker on the same store and logs its cells as the serial runner does, so
 the MLflow layout, resuming and ``triadapt compare`` do not depend on ``--jobs``. The workers
-share the machine: CPU threads are split between them, and on a GPU machine they share the
-visible GPUs (CUDA's default device) as separate processes.
+share the machine: CPU threads are split between them, and on a GPU machine they share CUDA's default
+device (the first visible GPU; with several, every worker still uses that one) as separate processes.
 """
 
 from __future__ import annotations
