@@ -40,7 +40,7 @@ triadapt ablate benchmarks/ablations/offline-sensitivity-drug-reviews-long.yaml 
 triadapt compare --grid offline-sensitivity-drug-reviews-long --tracking-uri "$long_uri" \
   --baseline "TriAdaptLoRA linear t0=ΔT=8" --baseline "IncreLoRA-style t0=ΔT=8" \
   --markdown "$out/offline-sensitivity-drug-reviews-long.md" --csv "$out/offline-sensitivity-drug-reviews-long.csv"
-"$python" $out/store_archive.py pack "$long" "$long.tar.xz.new" && mv "$long.tar.xz.new" "$long.tar.xz"
+"$python" $out/store_archive.py pack "$long" "$long.tar.xz"
 
 triadapt ablate benchmarks/ablations/smollm2-sft.yaml --tracking-uri "$uri" --no-progress --jobs "$jobs"
 triadapt compare --grid smollm2-sft --tracking-uri "$uri" --baseline "peft LoRA" \

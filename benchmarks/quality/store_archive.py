@@ -15,21 +15,27 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
 import sqlite3
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 LEFT_OUT = {"eval_logits.json", "rank_heatmap.png", "rank_trajectory.csv"}
 ROOT_FILE = "packed_root.json"  # the folder the store was packed from: its prefix in the stored artifact paths
 
 
 def pack(folder: Path, archive: Path) -> int:
+    """The archive is written beside its place and moved there once complete: a failed pack leaves the old one."""
     folder = folder.resolve()
     if not (folder / "mlflow.db").is_file():
-        raise SystemExit(f"store_archive: error: {folder / 'mlflow.db'} does not exist: give the folder of a store")
+        _fail(f"{folder / 'mlflow.db'} does not exist: give the folder of a store")
     count = 0
-    with tarfile.open(archive, "w:xz") as tar:
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:xz") as tar:
         tar.add(folder / "mlflow.db", arcname="mlflow.db")
         for path in sorted((folder / "mlartifacts").rglob("*")):
             parts = path.relative_to(folder).parts
@@ -40,25 +46,38 @@ def pack(folder: Path, archive: Path) -> int:
         info = tarfile.TarInfo(ROOT_FILE)
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
+    os.replace(partial, archive)
     return count
 
 
 def unpack(archive: Path, folder: Path) -> int:
+    """Extracted beside ``folder`` and moved there once the paths are rewritten: a failed unpack leaves nothing."""
     folder = folder.resolve()
-    if (folder / "mlflow.db").exists():
-        raise SystemExit(f"store_archive: error: {folder / 'mlflow.db'} exists: unpack into an empty folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:xz") as tar:
-        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    old = json.loads((folder / ROOT_FILE).read_text())["root"]
-    (folder / ROOT_FILE).unlink()
-    with sqlite3.connect(folder / "mlflow.db") as db:
-        new = folder.as_uri()
-        changed = 0
-        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-            update = f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE instr({column}, ?) = 1"
-            changed += db.execute(update, (new, len(old) + 1, old)).rowcount
+    if folder.exists() and any(folder.iterdir()):
+        _fail(f"{folder} is not empty: unpack into a new or empty folder")
+    with tempfile.TemporaryDirectory(dir=folder.parent if folder.parent.exists() else None) as tmp:
+        staging = Path(tmp) / "store"
+        try:
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            old = json.loads((staging / ROOT_FILE).read_text())["root"]
+        except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
+            _fail(f"{archive} is not a store archive made by `pack` ({type(exc).__name__}: {exc})")
+        (staging / ROOT_FILE).unlink()
+        with sqlite3.connect(staging / "mlflow.db") as db:
+            changed = 0
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                update = f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE instr({column}, ?) = 1"
+                changed += db.execute(update, (folder.as_uri(), len(old) + 1, old)).rowcount
+        if folder.exists():
+            folder.rmdir()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), folder)
     return changed
+
+
+def _fail(message: str) -> NoReturn:
+    raise SystemExit(f"store_archive: error: {message}")
 
 
 def main(argv: list[str] | None = None) -> int:

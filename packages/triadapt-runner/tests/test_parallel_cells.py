@@ -56,13 +56,15 @@ def test_cells_run_at_once_a_row_after_its_selection_with_the_serial_layout_and_
     assert again.returncode == 0 and "grid done: 6 skipped" in again.stdout, again.stderr[-2000:]
 
 
-def test_cells_of_a_grid_without_select_run_one_per_process(tmp_path):
+def test_cells_of_a_grid_without_select_all_start_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     done = run_cli("ablate", write_yaml(tmp_path / "g.yaml", PLAIN), "--tracking-uri", uri, "--no-progress",
                    "--jobs", "3")  # more jobs than cells: two processes
     assert done.returncode == 0, done.stderr[-2000:]
     _, cells = _runs(uri, "cell")
     assert sorted(r.data.tags["triadapt.method"] for r in cells) == ["LoRA", "TriAdaptLoRA"]
+    first, second = sorted(cells, key=lambda r: r.info.start_time)
+    assert second.info.start_time < first.info.end_time  # the two cells trained at the same time
     assert all("result_accuracy" in r.data.metrics for r in cells)
     import torch
 

@@ -40,5 +40,13 @@ def test_pack_then_unpack_elsewhere_keeps_runs_and_the_artifacts_that_matter(sto
     assert moved.data.metrics["result_accuracy"] == 0.72 and moved.data.tags["triadapt.selection"] == "chosen"
     local = client.download_artifacts(run, "final_ranks.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == {"layer.0.query": 9}
-    with pytest.raises(SystemExit, match="exists: unpack into an empty folder"):
+    with pytest.raises(SystemExit, match="is not empty: unpack into a new or empty folder"):
         store_archive.unpack(archive, elsewhere)
+
+
+def test_a_file_that_is_no_archive_is_one_line_and_leaves_no_folder(store_archive, tmp_path):
+    bogus = tmp_path / "notes.tar.xz"
+    bogus.write_text("not an archive")
+    with pytest.raises(SystemExit, match=r"notes.tar.xz is not a store archive made by `pack`"):
+        store_archive.unpack(bogus, tmp_path / "store")
+    assert not (tmp_path / "store").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["notes.tar.xz"]
