@@ -296,7 +296,8 @@ def test_ddp_units_join_fresh(tmp_path):
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(WORKER.with_name("ddp_units_worker.py")), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(p.name for p in tmp_path.glob("units*.json"))
+    assert proc.returncode == 0, f"checks written: {written}\n" + proc.stderr[-3000:]
     for rank in (0, 1):
         checks = json.loads((tmp_path / f"units{rank}.json").read_text())
         assert all(c["active_have_grads"] and c["active_grads_equal"] and c["inactive_grads_zero"]
