@@ -7,9 +7,11 @@ from triadapt_runner.errors import RunnerError
 from triadapt_runner.tracking import Tracker
 
 
-def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy", selection=None):
+def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy", selection=None,
+            device=None):
     tags = {"triadapt.role": "cell", "triadapt.method": method, "triadapt.task": task, "triadapt.seed": str(seed),
-            "triadapt.config_hash": config_hash, **({"triadapt.selection": selection} if selection else {})}
+            "triadapt.config_hash": config_hash, **({"triadapt.selection": selection} if selection else {}),
+            **({"triadapt.device": device} if device else {})}
     run_id = tracker.start_run(f"{method}-{task}-{seed}", tags, parent)
     tracker.log_metrics(run_id, {metric: value}, 1)
     tracker.end_run(run_id)
@@ -61,6 +63,24 @@ def test_a_row_whose_selection_is_still_under_way_is_left_out_with_a_note(tracke
     assert notes == ["left out until the grid has chosen their value: b (drug_reviews) (1 finished selection run)"]
     table.notes = tuple(notes)  # as `triadapt compare` does: the note goes with the table wherever it is written
     assert table.markdown().endswith(f"\nNote: {notes[0]}\n") and table.terminal().endswith(f"note: {notes[0]}\n")
+
+
+def test_runs_from_more_than_one_device_are_named_in_a_note(tracker):
+    """Row "a" trained seeds 0-1 on a GPU and seed 2 on the CPU: the note counts each device and names the row."""
+    gpu, cpu = "cuda: NVIDIA H200, torch 2.11.0+cu130", "cpu, torch 2.13.0+cpu"
+    parent = tracker.start_run("grid:dev", {"triadapt.role": "parent", "triadapt.grid": "dev"})
+    for seed, device in enumerate([gpu, gpu, cpu]):
+        add_run(tracker, parent, "a", "drug_reviews", seed, 0.7, device=device)
+        add_run(tracker, parent, "b", "drug_reviews", seed, 0.7, device=gpu)
+    notes = []
+    collect_runs(tracker, grid="dev", notes=notes)
+    assert notes == [f"runs from 2 devices: {gpu} (5); {cpu} (1); rows that mix them: a (drug_reviews)"]
+    one = tracker.start_run("grid:one", {"triadapt.role": "parent", "triadapt.grid": "one"})
+    add_run(tracker, one, "a", "drug_reviews", 0, 0.7, device=cpu)
+    add_run(tracker, one, "b", "drug_reviews", 0, 0.7, device=cpu)
+    notes = []
+    collect_runs(tracker, grid="one", notes=notes)
+    assert notes == []  # one device: nothing to say
 
 
 def test_baseline_column_pairs_shared_seeds_and_is_logged_on_the_parent(tracker, tmp_path):

@@ -185,15 +185,36 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
         runs = tracker.runs(f"tags.`{T}role` = 'cell'")
     # runs at a value a grid's selection did not choose are not part of the comparison
     finished = [r for r in runs if r.info.status == FINISHED and r.data.tags.get(f"{T}selection") != "rejected"]
-    if parent_id is None or not any(f"{T}selection" in r.data.tags for r in runs):
-        return finished
-    # a grid with a selection, stopped part-way: a row whose choice is still to come has runs without a verdict
-    undecided = [r for r in finished if f"{T}selection" not in r.data.tags]
-    if undecided and notes is not None:
-        rows = sorted({f"{r.data.tags[f'{T}method']} ({r.data.tags[f'{T}task']})" for r in undecided})
-        notes.append(f"left out until the grid has chosen their value: {', '.join(rows)} "
-                     f"({len(undecided)} finished selection run{'s' if len(undecided) > 1 else ''})")
-    return [r for r in finished if f"{T}selection" in r.data.tags]
+    if parent_id is not None and any(f"{T}selection" in r.data.tags for r in runs):
+        # a grid with a selection, stopped part-way: a row whose choice is still to come has runs without a verdict
+        undecided = [r for r in finished if f"{T}selection" not in r.data.tags]
+        if undecided and notes is not None:
+            rows = sorted({f"{r.data.tags[f'{T}method']} ({r.data.tags[f'{T}task']})" for r in undecided})
+            notes.append(f"left out until the grid has chosen their value: {', '.join(rows)} "
+                         f"({len(undecided)} finished selection run{'s' if len(undecided) > 1 else ''})")
+        finished = [r for r in finished if f"{T}selection" in r.data.tags]
+    device = device_note(finished)
+    if device and notes is not None:
+        notes.append(device)
+    return finished
+
+
+def device_note(runs: list[Any]) -> str | None:
+    """One line when ``runs`` trained on more than one device (tag ``triadapt.device``): the same cell gives other
+    numbers on other hardware, so a reader should know which rows mix them."""
+    counts: dict[str, int] = {}
+    by_row: dict[str, set[str]] = {}
+    for run in runs:
+        tags = run.data.tags
+        device = tags.get(f"{T}device", "not recorded")
+        counts[device] = counts.get(device, 0) + 1
+        by_row.setdefault(f"{tags.get(f'{T}method')} ({tags.get(f'{T}task')})", set()).add(device)
+    if len(counts) < 2:
+        return None
+    mixed = sorted(row for row, devices in by_row.items() if len(devices) > 1)
+    return (f"runs from {len(counts)} devices: "
+            + "; ".join(f"{device} ({n})" for device, n in sorted(counts.items(), key=lambda item: -item[1]))
+            + (f"; rows that mix them: {', '.join(mixed)}" if mixed else ""))
 
 
 def build_table(runs: list[Any], metric: str = "main", baselines: Sequence[str] = ()) -> Table:
