@@ -10,7 +10,7 @@ args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out, config = Path(args[0]), json.loads(args[1])
 
 from triadapt_runner.config import RunConfig  # noqa: E402
-from triadapt_runner.distributed import init_processes  # noqa: E402
+from triadapt_runner.distributed import init_processes, leave_processes  # noqa: E402
 from triadapt_runner.kinds.base import TaskKind  # noqa: E402
 from triadapt_runner.training import train_run  # noqa: E402
 
@@ -34,3 +34,4 @@ rank = int(os.environ.get("RANK", "0"))
 train_run(RunConfig.from_dict(config), out / f"run{rank}", progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 (out / f"rank{rank}.json").write_text(json.dumps({"peak_rss_mib": peak, **held}))
+leave_processes()

@@ -23,7 +23,7 @@ from triadapt.gradients import full_grad  # noqa: E402
 from triadapt.scorers import Scorer  # noqa: E402
 from triadapt_runner import checkpointing  # noqa: E402
 from triadapt_runner.config import RunConfig  # noqa: E402
-from triadapt_runner.distributed import init_processes  # noqa: E402
+from triadapt_runner.distributed import init_processes, leave_processes  # noqa: E402
 from triadapt_runner.training import train_run  # noqa: E402
 
 if stop_after is not None:  # simulate a crash right after a complete checkpoint
@@ -87,3 +87,4 @@ result = train_run(RunConfig.from_dict(config), out / f"run{rank}", progress=Fal
 (out / f"rank{rank}.json").write_text(json.dumps({
     "world_size": result.world_size, "ranks": result.ranks, "events": result.events, "losses": losses,
     "metrics": result.metrics, "total_steps": result.total_steps, **built}))
+leave_processes()

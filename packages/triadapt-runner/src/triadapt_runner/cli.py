@@ -130,12 +130,14 @@ def _train(args: argparse.Namespace) -> int:
     quiet_libraries()
     preflight([cell])  # data, model, adapters and schedule: before any MLflow run exists
     from triadapt_runner.ablate import run_cell
-    from triadapt_runner.distributed import init_processes, is_main_process, main_only
+    from triadapt_runner.distributed import init_processes, is_main_process, leave_processes, main_only
     from triadapt_runner.tracking import Tracker
 
     init_processes()
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment), share=False)  # None on other processes
     outcome = run_cell(tracker, cell, None, None, progress=not args.no_progress, checkpoint_root=args.checkpoint_dir)
+    if outcome.status != "failed":
+        leave_processes()
     if not is_main_process():
         return 1 if outcome.status == "failed" else 0
     if outcome.status == "failed":
@@ -163,7 +165,7 @@ def _ablate(args: argparse.Namespace) -> int:
         return 0
     quiet_libraries()
     from triadapt_runner.ablate import run_grid, summary_lines
-    from triadapt_runner.distributed import init_processes, is_main_process, main_only
+    from triadapt_runner.distributed import init_processes, is_main_process, leave_processes, main_only
     from triadapt_runner.tracking import Tracker
 
     init_processes()
@@ -171,6 +173,8 @@ def _ablate(args: argparse.Namespace) -> int:
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment or spec.experiment), share=False)
     outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast,
                        progress=not args.no_progress, checkpoint_root=args.checkpoint_dir, jobs=args.jobs)
+    if not outcome.failed:
+        leave_processes()
     if main:
         print("\n".join(summary_lines(outcome)))
     return 1 if outcome.failed else 0

@@ -216,12 +216,31 @@ def _gathered(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> Any
 
 
 # -- process group and main-process decisions -------------------------------------------------------
+_JOINED: list[bool] = []  # init_processes created the process group (leave_processes destroys only that one)
+
+
 def init_processes() -> None:
     """Under a multi-process launch (torchrun, deepspeed, accelerate launch), join the process group once."""
     import torch.distributed as dist
 
     if world_size() > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        _JOINED.append(True)
+
+
+def leave_processes() -> None:
+    """At the end of a command that succeeded on this process: wait for the others, then destroy the group.
+
+    Only the group init_processes created (a caller's own group is the caller's to destroy); NCCL warns of
+    leaked resources when a process exits without this. Not for a process that failed: another one may still
+    be inside a collective call and would never reach the barrier; the launcher stops them instead.
+    """
+    import torch.distributed as dist
+
+    if _JOINED and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _JOINED.clear()
 
 
 def main_only(fn: Any, share: bool = True) -> Any:
