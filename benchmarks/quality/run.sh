@@ -7,7 +7,7 @@
 # (Markdown and CSV, with CI and p-value against baseline rows) next to this script.
 # Resumable: rerun to continue where it stopped. JOBS=N runs N cells at once (triadapt ablate --jobs).
 #   bash benchmarks/quality/run.sh            (about 26 hours on 2 idle CPU cores with JOBS=1;
-#                                              the long drug-reviews grids: 113 of 120 cells done, H200 and CPU)
+#                                              the long drug-reviews grids: all 120 cells done, H200 and CPU)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
