@@ -36,8 +36,8 @@ def main() -> None:
     batch = dict(tokenizer([t for t, _ in REVIEWS], padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([y for _, y in REVIEWS])
 
-    config = triadapt.TriAdaptConfig(warmup_steps=5, growth_interval=5, total_steps=STEPS, rank_increment=2,
-                                     seed=0)
+    # t0 = ΔT = max(1, round(T/50)), the paper's regime: here an event may follow every step
+    config = triadapt.TriAdaptConfig(total_steps=STEPS, rank_increment=2, seed=0)
     ctl = triadapt.inject(model, config)
     counts = ctl.parameter_counts()
     print(f"adapted {len(ctl.layers)} matrices; trainable {counts['trainable']:,} "

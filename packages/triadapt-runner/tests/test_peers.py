@@ -7,7 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, run_main, write_yaml
-from triadapt_runner.config import RunConfig, regime_interval
+from triadapt.config import regime_interval
+from triadapt_runner.config import RunConfig
 
 APPROACHES = ["triadapt", "increlora-style", "peft-lora", "peft-adalora", "full-finetune"]
 SMALL_BATCHES = {**TINY["train"], "batch_size": 8}  # T = 6: AdaLoRA needs steps to score before it fixes its ranks

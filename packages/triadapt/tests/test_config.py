@@ -54,3 +54,47 @@ def test_capacity_defaults():
     assert TriAdaptConfig().capacity == 16
     assert TriAdaptConfig(threshold="none", init_rank=8).capacity == 8
     assert TriAdaptConfig(max_rank=5).capacity == 5
+
+
+def test_regime_is_derived_from_total_steps():
+    """Given T alone, t0 = ΔT = max(1, round(T/50)): 10 000 steps grow every 200 steps, not every 1000."""
+    config = TriAdaptConfig(total_steps=10_000)
+    assert (config.warmup_steps, config.growth_interval) == (200, 200)
+    assert (TriAdaptConfig(total_steps=3).warmup_steps, TriAdaptConfig(total_steps=126).growth_interval) == (1, 3)
+
+
+def test_explicit_regime_wins_and_each_field_is_derived_alone():
+    assert TriAdaptConfig(total_steps=10_000, warmup_steps=500).growth_interval == 200
+    config = TriAdaptConfig(total_steps=10_000, warmup_steps=500, growth_interval=100)
+    assert (config.warmup_steps, config.growth_interval) == (500, 100)
+    assert config.replace(total_steps=1000).growth_interval == 100  # explicit values stay explicit
+
+
+def test_replace_derives_again_when_t_changes():
+    """A trainer that learns T late (TriAdaptCallback, Controller.set_total_steps) gets T/50 of the new T."""
+    late = TriAdaptConfig()
+    assert late.replace(total_steps=2500).warmup_steps == 50
+    assert late.replace(total_steps=2500).replace(total_steps=100).growth_interval == 2
+
+
+def test_derived_config_round_trips_with_resolved_values():
+    config = TriAdaptConfig(total_steps=10_000)
+    data = json.loads(config.to_json())
+    assert (data["warmup_steps"], data["growth_interval"]) == (200, 200) and "_derived" not in data
+    assert TriAdaptConfig.from_dict(data) == config
+
+
+def test_legacy_interval_without_t_is_deprecated():
+    """Without T, t0 = ΔT = 1000 as before 0.2, with a DeprecationWarning naming the replacement."""
+    import torch
+
+    from triadapt import inject
+
+    config = TriAdaptConfig(threshold="fixed", fixed_k=1, target_modules=["q"])
+    assert config.uses_legacy_interval and (config.warmup_steps, config.growth_interval) == (1000, 1000)
+    model = torch.nn.Sequential()
+    model.add_module("q", torch.nn.Linear(4, 4))
+    ctl = inject(model, config)
+    with pytest.warns(DeprecationWarning, match="give total_steps"):
+        ctl.step()
+    assert not TriAdaptConfig(total_steps=100).uses_legacy_interval

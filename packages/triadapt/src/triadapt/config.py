@@ -4,10 +4,15 @@ Defaults follow the paper (arXiv 2501.08008, Table V) where it gives one. A work
 schedule: with ``warmup_steps=100, growth_interval=100, total_steps=1000`` growth events
 happen after optimizer steps 200, 300, ..., 1000 (``t > t0`` and ``t % ΔT == 0``), each
 growing ``k`` matrices by ``rank_increment`` until the budget ``ref_rank * M`` is spent.
+
+Given T and not t0 / ΔT, the config derives the paper's regime, t0 = ΔT = max(1, round(T/50))
+(`regime_interval`: about 50 growth intervals, as in the paper's runs), again whenever T changes
+(`replace`, ``Controller.set_total_steps``). Explicit values always win.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -16,6 +21,9 @@ from typing import Any
 from triadapt.errors import ConfigError
 
 ROUNDINGS = ("ceil", "floor")
+EVENTS_PER_RUN = 50  # T / ΔT of the derived regime: the paper's runs have 33-86 growth intervals
+LEGACY_INTERVAL = 1000  # t0 = ΔT when neither they nor T are given (deprecated, see TriAdaptConfig.uses_legacy_interval)
+REGIME_FIELDS = ("warmup_steps", "growth_interval")
 CORE_INITS = ("gaussian", "identity")
 
 
@@ -44,8 +52,12 @@ class TriAdaptConfig:
     max_rank: int | None = _help(
         "Reserved capacity per matrix; None means init_rank with threshold 'none', else max(init_rank, 2×ref_rank).",
         default=None)
-    warmup_steps: int = _help("t0: optimizer steps before the first possible growth event.", default=1000)
-    growth_interval: int = _help("ΔT: a growth event may happen every ΔT optimizer steps.", default=1000)
+    warmup_steps: int | None = _help(
+        "t0: optimizer steps before the first possible growth event; None: max(1, round(T/50)) once total_steps "
+        "is known (the paper's regime).", default=None)
+    growth_interval: int | None = _help(
+        "ΔT: a growth event may happen every ΔT optimizer steps; None: max(1, round(T/50)) once total_steps is "
+        "known (the paper's regime).", default=None)
     total_steps: int | None = _help(
         "T: total optimizer steps of the run (needed by 'linear'/'nonlinear'; trainers set it).", default=None)
     rounding: str = _help("Rounding of k: 'ceil' (paper) or 'floor' (reference code).", default="ceil")
@@ -63,11 +75,28 @@ class TriAdaptConfig:
     seed: int | None = _help("Seed of the adapter initialisation (None: torch's global generator).", default=None)
     strategy_options: dict[str, Any] = _help(
         "Options for plugin strategies, keyed by strategy name.", default_factory=dict)
+    # t0 / ΔT fields the user left out (None): derived from T, and derived again by replace()
+    _derived: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._derive_regime()
         self._check_types()
         self._check_ranges()
         self._check_strategies()
+
+    def _derive_regime(self) -> None:
+        self._derived = tuple(name for name in REGIME_FIELDS if getattr(self, name) is None)
+        if not self._derived:
+            return
+        t = self.total_steps
+        known = isinstance(t, int) and not isinstance(t, bool) and t >= 1  # an invalid T is reported below
+        for name in self._derived:
+            setattr(self, name, regime_interval(t) if known else LEGACY_INTERVAL)
+
+    @property
+    def uses_legacy_interval(self) -> bool:
+        """True when t0 / ΔT are the placeholder 1000 of releases before 0.2 (neither they nor T given)."""
+        return bool(self._derived) and self.total_steps is None
 
     # -- validation -------------------------------------------------------------------------------
     def _check_types(self) -> None:
@@ -145,11 +174,13 @@ class TriAdaptConfig:
         return self.total_budget if self.total_budget is not None else self.ref_rank * num_matrices
 
     def replace(self, **changes: Any) -> "TriAdaptConfig":
-        """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        """A validated copy with some fields changed (t0 / ΔT derived from T are derived again)."""
+        rederive = {name: None for name in self._derived if name not in changes}
+        return dataclasses.replace(self, **rederive, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """Every field, t0 / ΔT as resolved (a config rebuilt from it has them explicit)."""
+        data = copy.deepcopy({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init})
         if isinstance(data["target_modules"], tuple):
             data["target_modules"] = list(data["target_modules"])
         return data
@@ -159,12 +190,17 @@ class TriAdaptConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TriAdaptConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], f"is not a TriAdaptConfig field; fields are "
                                                             f"{', '.join(sorted(known))}")
         return cls(**data)
+
+
+def regime_interval(total_steps: int) -> int:
+    """t0 = ΔT of the paper's regime for a run of T optimizer steps: about 50 growth intervals."""
+    return max(1, round(total_steps / EVENTS_PER_RUN))
 
 
 def _require_int(name: str, value: Any) -> None:

@@ -14,6 +14,7 @@ the whole run (a LoRA baseline at r_ref), and growth late in the run lowers it.
 from __future__ import annotations
 
 import heapq
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -130,6 +131,10 @@ def plan_schedule(config: TriAdaptConfig, num_matrices: int, threshold: Threshol
         raise ConfigError("total_budget", budget, f"must be >= init_rank × matrices = {config.init_rank} × "
                                                   f"{num_matrices} = {start} (the ranks at the start)")
     total = config.total_steps
+    if config.uses_legacy_interval and threshold.grows and not threshold.needs_total_steps and require_total_steps:
+        warnings.warn("TriAdaptConfig without total_steps, warmup_steps and growth_interval grows every 1000 "
+                      "steps; this fallback is deprecated since 0.2 and goes in 0.3: give total_steps (t0 = ΔT = "
+                      "T/50 are then derived) or warmup_steps and growth_interval", DeprecationWarning, stacklevel=3)
     if total is None:
         if threshold.grows and threshold.needs_total_steps and require_total_steps:
             raise ConfigError("total_steps", None, f"threshold {threshold.name!r} needs the total number of "
