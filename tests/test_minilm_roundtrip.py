@@ -55,3 +55,29 @@ def test_save_load_merge_and_peft_export_agree(minilm_path, sentiment_batch, tmp
         torch.testing.assert_close(ctl.model(**inputs).logits, reference, **TOLERANCE)
         plain = ctl.unload()
         torch.testing.assert_close(plain(**inputs).logits, reference, **TOLERANCE)
+
+
+def test_padded_peft_export_has_one_rank_and_the_same_logits(minilm_path, sentiment_batch, tmp_path):
+    """For servers that take one rank per adapter: every module at the largest rank, zero-padded."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    ctl = trained_minilm(minilm_path, sentiment_batch)
+    inputs = {k: v for k, v in sentiment_batch.items() if k != "labels"}
+    top = max(ctl.ranks.values())
+    assert min(ctl.ranks.values()) < top
+    with torch.no_grad():
+        reference = ctl.model(**inputs).logits
+        ctl.export_peft(tmp_path / "padded", pad_to_max_rank=True)
+    config = json.loads((tmp_path / "padded" / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == top and not config["rank_pattern"] and not config["alpha_pattern"]
+    tensors = load_file(str(tmp_path / "padded" / "adapter_model.safetensors"))
+    name, rank = min(ctl.ranks.items(), key=lambda item: item[1])
+    down = tensors[f"base_model.model.{name}.lora_A.weight"]
+    assert down.shape[0] == top and not down[rank:].any()  # the padding rows are zero
+    peft_model = PeftModel.from_pretrained(load_minilm(minilm_path, seed=2), tmp_path / "padded").eval()
+    assert {m.r["default"] for m in peft_model.modules() if hasattr(m, "lora_A") and "default" in m.r} == {top}
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**inputs).logits, reference, **TOLERANCE)

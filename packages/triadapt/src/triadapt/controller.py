@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from triadapt import quantized
 from triadapt.allocator import Allocator, GrowthEvent
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import TriAdaptError
@@ -187,7 +188,7 @@ class Controller:
         head = sum(p.numel() for h in self.heads for p in self.model.get_submodule(h).parameters())
         padding = sum(layer.units.numel() for layer in self.layers.values()) - reserved
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) - padding
-        total = sum(p.numel() for p in self.model.parameters()) - padding
+        total = sum(quantized.logical_numel(p) for p in self.model.parameters()) - padding  # packed: as unpacked
         return {"trainable": trainable, "reserved_adapter": reserved, "active_adapter": active,
                 "heads": head, "total": total}
 
@@ -207,8 +208,28 @@ class Controller:
 
     # -- merge / unload / persistence -------------------------------------------------------------
     def merge(self) -> None:
-        for layer in self.layers.values():
-            layer.merge()
+        """Merge every adapter into its base weight (quantised bases: `triadapt.quantized`).
+
+        Atomic: every layer is checked first, and should a merge still fail, the layers merged so far
+        get their weights back before the error propagates.
+        """
+        pending = [layer for layer in self.layers.values() if not layer.merged]
+        for layer in pending:
+            quantized.check_mergeable(layer.base_layer)
+        done: list[tuple[AdapterLayer, Any]] = []
+        try:
+            for layer in pending:
+                saved = quantized.snapshot(layer.base_layer) if quantized.kind(layer.base_layer) else None
+                layer.merge()
+                done.append((layer, saved))
+        except BaseException:
+            for layer, saved in reversed(done):
+                if saved is None:
+                    layer.unmerge()
+                else:
+                    quantized.restore(layer.base_layer, saved)
+                    layer.merged = False
+            raise
 
     def unmerge(self) -> None:
         for layer in self.layers.values():
@@ -216,11 +237,11 @@ class Controller:
 
     def unload(self, merge: bool = True) -> nn.Module:
         """Put the plain base layers back (with ΔW merged in unless ``merge=False``); returns the model."""
+        if merge:
+            self.merge()
+        else:
+            self.unmerge()
         for name, layer in self.layers.items():
-            if merge:
-                layer.merge()
-            else:
-                layer.unmerge()
             _replace(self.model, name, layer.base_layer)
         self.detach()
         self.assembly.uninstall()
@@ -232,10 +253,12 @@ class Controller:
 
         save_adapter(self, path)
 
-    def export_peft(self, path: str, base_model_name_or_path: str | None = None) -> None:
+    def export_peft(self, path: str, base_model_name_or_path: str | None = None, *,
+                    pad_to_max_rank: bool = False) -> None:
+        """A peft LoRA copy: per-module ranks (``rank_pattern``), or all zero-padded to the largest rank."""
         from triadapt.peft_export import export_peft
 
-        export_peft(self, path, base_model_name_or_path=base_model_name_or_path)
+        export_peft(self, path, base_model_name_or_path=base_model_name_or_path, pad_to_max_rank=pad_to_max_rank)
 
     @property
     def model_type(self) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from triadapt import quantized
 from triadapt.structures import Factors, Structure
 from triadapt.unit_storage import UnitLayout
 
@@ -168,8 +169,11 @@ class AdapterLayer(nn.Module):
                 self._cached_factors = (factors, self.units._version)
             if hasattr(self.units, "ds_status"):  # ZeRO-3 empties the parameter after the forward: keep a live view
                 self._live_units = self.units.view_as(self.units)
-        if x.dtype != factors.down.dtype:
-            x = x.to(factors.down.dtype)  # adapter math in the adapter dtype (fp32)
+        dtype = quantized.compute_dtype(self.base_layer, x) or factors.down.dtype
+        if factors.down.dtype != dtype:  # a quantised base's compute dtype (its bf16, say): the adapter follows it
+            factors = factors.cast(dtype)
+        if x.dtype != dtype:
+            x = x.to(dtype)  # adapter math in the adapter dtype (fp32), or the quantised base's compute dtype
         delta = factors.apply(self.dropout(x))  # (..., d), unscaled
         if delta.dtype != result.dtype:
             return result + (delta * self.scale).to(result.dtype)
@@ -177,14 +181,21 @@ class AdapterLayer(nn.Module):
 
     # -- merge ------------------------------------------------------------------------------------
     def merge(self) -> None:
-        """Add the scaled ΔW into the base weight; the forward then skips the adapter."""
+        """Add the scaled ΔW into the base weight; the forward then skips the adapter.
+
+        A quantised base is dequantised, ΔW added and the sum quantised again (`triadapt.quantized`: lossy,
+        within a stated bound); a base quantised in a way that cannot be redone raises `QuantizationError`
+        before anything changes.
+        """
         if self.merged:
             return
+        quantized.check_mergeable(self.base_layer)
         with torch.no_grad():
             self._add_to_base(self.delta_weight(), sign=1.0)
         self.merged = True
 
     def unmerge(self) -> None:
+        """Subtract the scaled ΔW again (for a quantised base: a second quantisation, not the weight before)."""
         if not self.merged:
             return
         with torch.no_grad():
@@ -193,6 +204,10 @@ class AdapterLayer(nn.Module):
 
     @torch.no_grad()
     def _add_to_base(self, delta: Tensor, sign: float) -> None:
+        if quantized.kind(self.base_layer) is not None:
+            matrix = quantized.dequantize(self.base_layer)  # (out, in) float32
+            quantized.requantize(self.base_layer, matrix.add_(delta.to(matrix.device), alpha=sign))
+            return
         weight = self.base_layer.weight
         delta = delta.T if is_conv1d(self.base_layer) else delta  # Conv1D weight is (in, out)
         weight.add_(sign * delta.to(weight.dtype))

@@ -49,6 +49,13 @@ class Factors:
     def rank(self) -> int:
         return self.down.shape[0]
 
+    def cast(self, dtype: torch.dtype) -> "Factors":
+        """The same factors in ``dtype`` (differentiable: gradients reach the original tensors)."""
+        core = None if self.core is None else self.core.to(dtype)
+        if self._up_rows is not None:
+            return Factors(self.down.to(dtype), core=core, up_rows=self._up_rows.to(dtype))
+        return Factors(self.down.to(dtype), self._up.to(dtype), core)
+
     def apply(self, x: Tensor) -> Tensor:
         """B D A x computed as B ((D A) x), never materialising ΔW."""
         down = self.down if self.core is None else self.core @ self.down  # (r, r) @ (r, n) -> (r, n)
