@@ -18,9 +18,9 @@ held = {}
 original = TaskKind.build_model
 
 
-def build_and_measure(self, path, task, meta=False):
+def build_and_measure(self, path, task, meta=False, load=None):
     """The base-weight bytes this process holds once the model is built (a ZeRO-3 partition or all of it)."""
-    model = original(self, path, task, meta=meta)
+    model = original(self, path, task, meta=meta, load=load)
     if not meta:
         held["base_bytes_full"] = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
         held["base_bytes_local"] = sum((p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel())

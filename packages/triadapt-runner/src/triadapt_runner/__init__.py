@@ -1,3 +1,3 @@
 """triadapt-runner: train, track and compare TriAdaptLoRA runs (CLI ``triadapt``)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -5,7 +5,7 @@ shortcut for ``data.task``. ``approach`` names the method (``triadapt``, ``incre
 ``peft-lora``, ``peft-adalora``, ``full-finetune``; see `triadapt_runner.methods`) and
 ``approach_options`` its own options. The adapter section holds `triadapt.TriAdaptConfig`
 fields; ``total_steps`` is derived by the runner, and ``warmup_steps`` / ``growth_interval``
-default to t0 = ΔT = T / 50 (`regime_interval`), the paper's growth regime.
+default to t0 = ΔT = T / 50 (`triadapt.config.regime_interval`), the paper's growth regime.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triadapt import TriAdaptConfig
+from triadapt.config import regime_interval
 from triadapt_runner.data.tasks import TASKS
 from triadapt_runner.errors import RunnerError, invalid
 from triadapt_runner.models import DEFAULT_MODEL
@@ -133,17 +134,13 @@ class TrainConfig:
                           "use 'no' or 'bf16' (fp16 needs a GPU loss scaler and is not supported on CPU)")
 
 
-EVENTS_PER_RUN = 50  # T / ΔT: the paper's runs have 33-86 (docs/concepts.md, "The growth regime")
-
-
-def regime_interval(total_steps: int) -> int:
-    """Default t0 = ΔT for a run of T optimizer steps: about 50 growth intervals, as in the paper's runs."""
-    return max(1, round(total_steps / EVENTS_PER_RUN))
+QUANTIZATIONS = ("4bit", "8bit")  # model.quantization: bitsandbytes NF4 (QLoRA) or LLM.int8
 
 
 @dataclass
 class RunConfig:
     model: str = DEFAULT_MODEL
+    quantization: str | None = None  # written model.quantization (``model: {name: ..., quantization: 4bit}``)
     method: str | None = None  # row label in comparisons; defaults to a summary of the approach
     approach: str = "triadapt"  # triadapt | increlora-style | peft-lora | peft-adalora | full-finetune
     approach_options: dict[str, Any] = field(default_factory=dict)
@@ -165,7 +162,20 @@ class RunConfig:
                           f"approach {self.approach!r} takes " + (", ".join(sorted(allowed)) or "no options"))
         if not isinstance(self.adapter, dict):
             raise invalid("adapter", self.adapter, "must be a mapping of TriAdaptConfig fields")
-        APPROACHES[self.approach].validate(self)  # the adapter section, as this approach reads it
+        self._check_quantization(APPROACHES[self.approach])
+        APPROACHES[self.approach].validate(self)
+
+    def _check_quantization(self, method: Any) -> None:
+        if self.quantization is None:
+            return
+        if self.quantization not in QUANTIZATIONS:
+            raise invalid("model.quantization", self.quantization, f"use {' or '.join(QUANTIZATIONS)} (or null)")
+        if not method.trains_quantized_base:
+            raise invalid("model.quantization", self.quantization, f"approach {self.approach!r} trains the base "
+                                                                   f"weights, which cannot be quantised; use an adapter")
+        if self.train.zero_stage == 3 or _deepspeed_stage(self.train.deepspeed_config) == 3:
+            raise invalid("model.quantization", self.quantization, "cannot be combined with DeepSpeed ZeRO-3, which "
+                                                                   "partitions the base weights (use ZeRO 0-2)")  # the adapter section, as this approach reads it
 
     @property
     def label(self) -> str:
@@ -192,7 +202,11 @@ class RunConfig:
             raise RunnerError(f"adapter.{exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        quantization = data.pop("quantization")
+        if quantization is not None:
+            data["model"] = {"name": self.model, "quantization": quantization}
+        return data
 
     def config_hash(self, with_seed: bool = False) -> str:
         """Hash of the config (without the seed unless asked): equal configs, equal hash.
@@ -215,6 +229,14 @@ class RunConfig:
         if "task" in data:
             data.setdefault("data", {})
             data["data"] = {**data["data"], "task": data.pop("task")}
+        if "quantization" in data:
+            raise invalid("quantization", data["quantization"], "is written model.quantization "
+                                                                "(model: {name: ..., quantization: 4bit})")
+        if isinstance(data.get("model"), dict):
+            model = data.pop("model")
+            _reject_unknown("model.", model, {"name", "quantization"})
+            data["model"] = model.get("name", DEFAULT_MODEL)
+            data["quantization"] = model.get("quantization")
         _reject_unknown("", data, {f.name for f in dataclasses.fields(cls)})
         sections = {}
         for name, section_cls in (("data", DataConfig), ("train", TrainConfig)):
@@ -233,6 +255,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         out["data"] = {**(out.get("data") or {}), "task": out.pop("task")}
     for key, value in overrides.items():
         key = "data.task" if key == "task" else key
+        if key == "model" and isinstance(out.get("model"), dict):
+            key = "model.name"
+        if key.startswith("model.") and not isinstance(out.get("model"), dict):  # the name alone: now a section
+            out["model"] = {"name": out.get("model", DEFAULT_MODEL)}
         parts = key.split(".")
         target = out
         for part in parts[:-1]:
@@ -246,7 +272,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 def valid_keys() -> list[str]:
     from triadapt_runner.methods import APPROACHES
 
-    keys = ["model", "method", "approach", "task"]
+    keys = ["model", "model.quantization", "method", "approach", "task"]
     keys += sorted({f"approach_options.{name}" for method in APPROACHES.values() for name in method.options})
     keys += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)]
     keys += [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)]
@@ -275,6 +301,12 @@ def read_deepspeed_config(path: str) -> dict[str, Any]:
     if (data.get("fp16") or {}).get("enabled"):
         raise invalid("train.deepspeed_config", path, "fp16 is not supported; use bf16 (\"bf16\": {\"enabled\": true})")
     return data
+
+
+def _deepspeed_stage(path: str | None) -> int | None:
+    if path is None:
+        return None
+    return (read_deepspeed_config(path).get("zero_optimization") or {}).get("stage")
 
 
 def _is_int(value: Any) -> bool:

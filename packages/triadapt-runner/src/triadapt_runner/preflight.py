@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from triadapt.errors import TriAdaptError
+from triadapt_runner import quantization
 from triadapt_runner.launch import check_launch_environment, world_size
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid import Cell
@@ -74,6 +75,7 @@ class Preflight:
                               f"run in one process; only approach 'triadapt' runs under DDP and DeepSpeed")
         task, rows = self._data(cfg.data)
         kind = kind_for(task)
+        quantization.check(cfg, kind)
         items = kind.count_train_items(cfg, task, rows, lambda: self._tokenizer(cfg.model))
         total = optimizer_steps(items, cfg.train, self.world)
         model = self._model(cfg.model, kind, task)

@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
+from triadapt.config import regime_interval
 from triadapt.gradients import set_grad_accessor
+from triadapt_runner import quantization
 from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
-from triadapt_runner.config import RunConfig, regime_interval
+from triadapt_runner.config import RunConfig
 from triadapt_runner.data.loading import load_task
 from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole, make_accelerator,
                                          make_units_whole, model_building, uses_deepspeed, zero_stage)
@@ -109,7 +111,7 @@ def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     loaders = kind.build_loaders(cfg, task, splits, tokenizer)
     with model_building(accelerator, cfg.train):  # ZeRO-3: partitioned as it is built, unless zero3_init is false
-        model = kind.build_model(model_path(cfg.model), task)
+        model = kind.build_model(model_path(cfg.model), task, load=quantization.load_kwargs(cfg))
     if cfg.train.gradient_checkpointing:
         _checkpoint_activations(model, cfg)
     shuffle = loaders.train.generator  # reseeded per epoch: the data order depends on (seed, epoch) only

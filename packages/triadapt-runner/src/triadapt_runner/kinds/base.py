@@ -28,6 +28,7 @@ class TaskKind(ABC):
 
     name: str = ""
     auto_model: str = ""  # the transformers Auto class of this kind's model
+    quantizable: bool = True  # its model may be loaded in 4 or 8 bits (model.quantization)
 
     def check(self, cfg: Any, task: TaskSpec, model: Any) -> None:
         """Refuse a run config this kind cannot train on ``model`` (its structure; may be on the meta device)."""
@@ -36,14 +37,17 @@ class TaskKind(ABC):
         """Config overrides of this task's model (e.g. the number of labels)."""
         return {}
 
-    def build_model(self, path: str, task: TaskSpec, *, meta: bool = False) -> Any:
-        """The pretrained model at ``path`` with this kind's head; with ``meta``, its structure only (no weights)."""
+    def build_model(self, path: str, task: TaskSpec, *, meta: bool = False, load: dict[str, Any] | None = None) -> Any:
+        """The pretrained model at ``path`` with this kind's head; with ``meta``, its structure only (no weights).
+
+        ``load``: further ``from_pretrained`` arguments (a quantisation config, `triadapt_runner.quantization`).
+        """
         import torch
         import transformers
 
         auto = getattr(transformers, self.auto_model)
         if not meta:
-            return _pretrained(auto, path, self.model_kwargs(task))
+            return _pretrained(auto, path, {**self.model_kwargs(task), **(load or {})})
         config = transformers.AutoConfig.from_pretrained(path, **self.model_kwargs(task))
         with torch.device("meta"):
             return auto.from_config(config)

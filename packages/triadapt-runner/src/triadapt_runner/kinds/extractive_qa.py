@@ -11,6 +11,7 @@ from triadapt_runner.kinds.base import Evaluation, Loaders, TaskKind
 class ExtractiveQA(TaskKind):
     name = "extractive_qa"
     auto_model = "AutoModelForQuestionAnswering"
+    quantizable = False  # the QA head and its windows are not tested on 4/8-bit bases
 
     def count_train_items(self, cfg: Any, task: TaskSpec, rows: dict[str, list[dict]],
                           tokenizer: Callable[[], Any]) -> int:

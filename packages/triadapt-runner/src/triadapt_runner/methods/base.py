@@ -96,6 +96,7 @@ class Method(ABC):
     name: str = ""
     options: dict[str, Any] = {}  # approach_options this method accepts, with their defaults
     distributed: bool = False  # supports multi-process and DeepSpeed runs
+    trains_quantized_base: bool = True  # trains on a 4/8-bit base (model.quantization): adapters do, full FT does not
 
     def validate(self, cfg: Any) -> None:
         """Check the run config's sections this method reads (at construction: before T and the model are known)."""

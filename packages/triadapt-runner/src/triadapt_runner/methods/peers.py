@@ -121,6 +121,7 @@ class FullFineTune(Method):
     """Every weight trained; no adapter, no ranks."""
 
     name = "full-finetune"
+    trains_quantized_base = False
 
     def plan(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> MethodPlan:
         return MethodPlan("full fine-tuning: every weight trained", 0)
