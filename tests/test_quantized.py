@@ -186,3 +186,30 @@ def test_peft_export_loads_onto_the_same_quantised_base(llama_folder, name, tmp_
     loaded = peft.PeftModel.from_pretrained(quantised(llama_folder, name), tmp_path / "peft").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=IDS).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_quantised_head_is_refused_by_name_and_a_float_head_trains(minilm_path, sentiment_batch, tmp_path):
+    """transformers quantises a saved classifier head by default; the head must be left out to be trained."""
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import load_minilm
+    from triadapt import TargetError
+
+    load_minilm(minilm_path).save_pretrained(tmp_path)  # a checkpoint that holds its classifier
+
+    def minilm(**extra):
+        settings = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, **extra)
+        return AutoModelForSequenceClassification.from_pretrained(tmp_path, device_map="cpu",
+                                                                  quantization_config=settings)
+
+    model = minilm()
+    with pytest.raises(TargetError, match=r"trainable_modules: 'classifier' is quantised \(bitsandbytes 4-bit fp4\)"
+                                          r".*llm_int8_skip_modules=\['classifier'"):
+        inject(model, TriAdaptConfig(total_steps=10))
+    assert all(p.requires_grad is False or p.dtype.is_floating_point for p in model.parameters())
+    ctl = inject(minilm(llm_int8_skip_modules=["classifier"]), TriAdaptConfig(total_steps=4, seed=0))
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2)
+    before = ctl.model.classifier.weight.detach().clone()
+    ctl.model(**sentiment_batch).loss.backward()
+    optimizer.step()
+    assert not torch.equal(ctl.model.classifier.weight, before)  # the float head trained on the 4-bit encoder

@@ -80,3 +80,16 @@ def test_model_quantization_override_keeps_the_name_and_ids_without_it(llama):
     assert RunConfig.from_dict(quantised.to_dict()) == quantised  # the resolved config reads back
     renamed = RunConfig.from_dict(apply_overrides(quantised.to_dict(), {"model": "minilm"}))
     assert (renamed.model, renamed.quantization) == ("minilm", "4bit")
+
+
+def test_classification_on_a_4bit_encoder_trains_its_float_head(tmp_path):
+    from conftest import TINY
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    config = write_yaml(tmp_path / "run.yaml", {**TINY, "model": {"name": "minilm", "quantization": "4bit"},
+                                                "train": {**TINY["train"], "epochs": 1}})
+    assert run_main(["train", "--config", config, "--tracking-uri", uri, "--no-progress"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["model.quantization"] == "4bit" and run.info.status == "FINISHED"
+    assert 0 <= run.data.metrics["result_accuracy"] <= 1

@@ -35,12 +35,15 @@ def load_kwargs(cfg: Any) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
+    from triadapt.targets import DEFAULT_HEADS
+
     compute = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float32
+    skip = [*DEFAULT_HEADS, "lm_head"]  # heads train in full (float); the output layer stays as peft and TRL keep it
     if cfg.quantization == "4bit":
         settings = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=compute)
+                                      bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
     else:
-        settings = BitsAndBytesConfig(load_in_8bit=True)
+        settings = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     return {"quantization_config": settings, "device_map": {"": device}}
 

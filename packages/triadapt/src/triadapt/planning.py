@@ -15,8 +15,9 @@ from typing import Any
 
 from torch import nn
 
+from triadapt import quantized
 from triadapt.config import TriAdaptConfig
-from triadapt.errors import TriAdaptError
+from triadapt.errors import TargetError, TriAdaptError
 from triadapt.layer import AdapterLayer, base_shape
 from triadapt.schedule import Schedule, plan_schedule
 from triadapt.targets import find_heads, find_targets, model_type
@@ -63,6 +64,7 @@ def plan_injection(model: nn.Module, config: TriAdaptConfig | None = None, *, re
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise TriAdaptError("this model already holds TriAdapt adapters: call unload() before injecting again")
     heads = find_heads(model, config.trainable_modules)
+    _check_heads_trainable(model, heads)
     names = find_targets(model, config.target_modules, exclude=heads)
     targets = {name: base_shape(model.get_submodule(name)) for name in names}
     structure = reg.create("structure", config.structure, config)
@@ -70,3 +72,14 @@ def plan_injection(model: nn.Module, config: TriAdaptConfig | None = None, *, re
     threshold = reg.create("threshold", config.threshold, config)
     schedule = plan_schedule(config, len(targets), threshold, require_total_steps=False)  # T may come later
     return InjectionPlan(config, targets, heads, structure, scorer, threshold, schedule, model_type(model))
+
+
+def _check_heads_trainable(model: nn.Module, heads: list[str]) -> None:
+    """A head trained in full must hold float weights: a 4/8-bit head cannot take gradients."""
+    for head in heads:
+        for module in model.get_submodule(head).modules():
+            if quantized.kind(module) is not None:
+                skip = head.split(".")[-1]
+                raise TargetError(f"trainable_modules: {head!r} is quantised ({quantized.describe(module)}) and "
+                                  f"cannot be trained; load the model with the head left out of the quantisation "
+                                  f"(transformers: BitsAndBytesConfig(llm_int8_skip_modules=[{skip!r}, ...]))")
