@@ -65,8 +65,9 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against peft on MiniLM and SmolLM2, DeepSpeed memory (CPU); writes benchmarks/perf/results/."""
-    install(session, "deepspeed==0.19.8")
+    """Benchmarks against peft on MiniLM and SmolLM2 (also 4-bit), DeepSpeed memory (CPU); writes benchmarks/perf/results/."""
+    install(session, "deepspeed==0.19.8", "bitsandbytes==0.50.2")
     env = {**OFFLINE, **os.environ}
-    for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "dispatch", "llm", "report"):
+    for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "dispatch", "llm", "qlora",
+                   "report"):
         session.run("python", f"benchmarks/perf/{script}.py", env=env)
