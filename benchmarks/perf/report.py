@@ -233,7 +233,7 @@ def qlora_section(q: dict) -> list[str]:
               f"threshold `none` trains the same rank as LoRA r=8 plus its r × r cores.", "",
               # fixed text (not from the results file): what an earlier run of the same script showed
               "On 2 cores the ratio moves with the machine's load: a first run on 2026-12-02, while the same cores "
-              "ran the test suite, gave 0.54× (TriAdaptLoRA's processes happened to meet the heavier load); the "
+              "ran the test suite, gave 0.54× (load not controlled, so not a measurement of either method); the "
               "table is the run on an otherwise idle machine. A GPU measurement is still to come.", ""]
     return lines
 

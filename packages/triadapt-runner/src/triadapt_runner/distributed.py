@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
 
+from triadapt.errors import TriAdaptError
 from triadapt.gradients import set_grad_accessor
 from triadapt_runner.config import TrainConfig, read_deepspeed_config
 from triadapt_runner.errors import RunnerError
@@ -141,21 +142,13 @@ def keep_units_whole(accelerator: Accelerator, largest_unit: int) -> None:
 
 
 def make_units_whole(unit_params: list[torch.nn.Parameter]) -> None:
-    """After deepspeed.initialize under ZeRO-3: gather every rank unit; being persistent, they stay whole.
+    """After deepspeed.initialize under ZeRO-3: every rank unit gathered and kept whole (`triadapt.zero3`)."""
+    from triadapt.zero3 import make_units_whole as gather_units
 
-    DeepSpeed re-gathers persistent parameters after every optimizer step, so the factors are
-    the true ones on every process for scoring, growth and the regulariser. A unit that is not
-    persistent (a user config with a lower threshold) is an error.
-    """
-    partitioned = [p for p in unit_params if not getattr(p, "ds_persist", False)]
-    if partitioned:
-        raise RunnerError(f"{len(partitioned)} rank-unit parameters would be partitioned by ZeRO-3; set "
-                          f"stage3_param_persistence_threshold >= {max(p.ds_numel for p in partitioned)} "
-                          f"in train.deepspeed_config (or leave it 'auto')")
-    unit_params[0].all_gather(unit_params)
-    empty = [p for p in unit_params if p.numel() != p.ds_numel]
-    if empty:
-        raise RunnerError(f"{len(empty)} rank-unit parameters are not whole after gathering under ZeRO-3")
+    try:
+        gather_units(unit_params, where="train.deepspeed_config")
+    except TriAdaptError as exc:
+        raise RunnerError(str(exc)) from None
 
 
 def install_grad_accessor(accelerator: Accelerator) -> None:

@@ -16,7 +16,7 @@ way the controller also gives every grown unit a fresh start in the optimizer
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +95,7 @@ class Controller:
         scorer.initialize(self.layers)
         self.refresher = UnitRefresher(self.layers)
         self._hook: Any = None
+        self._unload_hooks: list[Callable[["Controller"], None]] = []
         self.assembly = StepAssembly(self.layers.values())
         self.assembly.install(model)
 
@@ -246,7 +247,16 @@ class Controller:
         self.detach()
         self.assembly.uninstall()
         self.layers = {}
+        hooks, self._unload_hooks = self._unload_hooks, []
+        for hook in hooks:
+            hook(self)
         return self.model
+
+    def on_unload(self, hook: Callable[["Controller"], None]) -> None:
+        """Call ``hook(controller)`` once ``unload()`` has put the base layers back (integrations undo what they
+        installed on the model; each hook runs once)."""
+        if hook not in self._unload_hooks:
+            self._unload_hooks.append(hook)
 
     def save(self, path: str) -> None:
         from triadapt.persistence import save_adapter

@@ -41,13 +41,18 @@ def adapter_tensors(controller: Any) -> dict[str, Tensor]:
     return tensors
 
 
-def save_adapter(controller: Any, path: str | os.PathLike) -> Path:
-    """Write the adapter to directory ``path`` (created if needed)."""
+def save_adapter(controller: Any, path: str | os.PathLike, tensors: dict[str, Tensor] | None = None) -> Path:
+    """Write the adapter to directory ``path`` (created if needed).
+
+    ``tensors``: the `adapter_tensors` keys with their values taken elsewhere (a gathered state dict of
+    parameters that DeepSpeed ZeRO-3 partitions); default: read from the live parameters.
+    """
     if any(layer.merged for layer in controller.layers.values()):
         raise TriAdaptError("cannot save merged adapters: unmerge() first (a merged base is saved by the model)")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_tensors(controller).items()}
+    tensors = adapter_tensors(controller) if tensors is None else tensors
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", "triadapt_format": str(FORMAT_VERSION)})
     meta = {
         "format_version": FORMAT_VERSION,
@@ -99,7 +104,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, resume_state: boo
     plan = plan_injection(model, config)
     _check_layers(path, meta, plan.targets)
     ranks = _rank_pattern(path, meta, plan)
-    loaded = _read_tensors(path, _expected_shapes(model, plan, ranks))
+    loaded = read_tensors(path, _expected_shapes(model, plan, ranks))
     state = load_state(Path(path) / STATE_FILE) if resume_state else None
     flags = [(param, param.requires_grad) for param in model.parameters()]
     heads = {key: param.detach().clone() for head in plan.heads
@@ -168,7 +173,8 @@ def _expected_shapes(model: nn.Module, plan: Any, ranks: dict[str, int]) -> dict
     return shapes
 
 
-def _read_tensors(path: Any, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+def read_tensors(path: Any, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The saved tensors of the adapter in ``path``, checked to be exactly ``expected`` (keys and shapes)."""
     file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise AdapterLoadError(f"{file}: not found")
