@@ -125,11 +125,12 @@ def test_unsupported_quantisation_is_refused_and_the_model_kept(llama_folder):
     assert all(ctl.layers[n].base_layer.weight is before[n] and not ctl.layers[n].merged for n in names[:-1])
 
 
-def test_failed_merge_midway_puts_back_the_merged_layers(llama_folder, monkeypatch):
+@pytest.mark.parametrize("name", ["nf4", "int8"])
+def test_failed_merge_midway_puts_back_the_merged_layers(llama_folder, name, monkeypatch):
     """A requantisation that fails at the fifth layer leaves the first four exactly as they were."""
     from triadapt import quantized
 
-    model, ctl = trained(llama_folder, "nf4", steps=4)
+    model, ctl = trained(llama_folder, name, steps=4)
     with torch.no_grad():
         expected = model(input_ids=IDS).logits
     original, calls = quantized.requantize, []
@@ -144,6 +145,8 @@ def test_failed_merge_midway_puts_back_the_merged_layers(llama_folder, monkeypat
     with pytest.raises(RuntimeError, match="out of memory"):
         ctl.merge()
     assert not any(layer.merged for layer in ctl.layers.values())
+    if name == "nf4":
+        assert all(layer.base_layer.quant_state is layer.base_layer.weight.quant_state for layer in ctl.layers.values())
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=IDS).logits, expected, rtol=0, atol=0)
 

@@ -141,13 +141,15 @@ def _unpacked_4bit(weight: Any) -> tuple[Tensor, Any]:
 
 
 def snapshot(base: nn.Module) -> tuple[Any, ...]:
-    """What `restore` needs to undo a merge into ``base`` exactly (the weight object and 8-bit state)."""
+    """What `restore` needs to undo a merge into ``base`` exactly (the weight object, 8-bit and 4-bit state)."""
     state = getattr(base, "state", None)
-    return base.weight, getattr(state, "CB", None), getattr(state, "SCB", None)
+    return base.weight, getattr(state, "CB", None), getattr(state, "SCB", None), getattr(base, "quant_state", None)
 
 
 def restore(base: nn.Module, saved: tuple[Any, ...]) -> None:
-    weight, cb, scb = saved
+    weight, cb, scb, quant_state = saved
     base.weight = weight
     if kind(base) == "8bit":
         base.state.CB, base.state.SCB = cb, scb
+    elif kind(base) == "4bit" and hasattr(base, "quant_state"):
+        base.quant_state = quant_state  # the module's copy, which requantize() replaced with the new weight's
