@@ -152,7 +152,7 @@ def run(options: argparse.Namespace, out: Path, scratch: Path) -> None:
         difference = (model(**batch).logits - fresh(**batch).logits).abs().max().item()
     print(f"saved {sorted(p.name for p in adapter.iterdir())}; reloaded ranks equal {loaded.ranks == ctl.ranks}, "
           f"largest logit difference {difference:.1e}")
-    if loaded.ranks != ctl.ranks or difference > 1e-4 or resumed.ranks != ctl.ranks:
+    if loaded.ranks != ctl.ranks or difference > 1e-4 or resumed.ranks != ctl.ranks or drift > 1e-6:
         sys.exit("the reloaded or resumed adapter differs from the trained one")
 
 

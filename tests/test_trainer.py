@@ -386,3 +386,19 @@ def test_fp16_is_refused_with_advice(minilm_path, sentiment_batch, tmp_path):
 
     with pytest.raises(TriAdaptError, match="fp16=True is not supported.*use bf16=True"):
         callback.on_train_begin(Args(), None, None)
+
+
+def test_callback_derives_the_papers_regime_from_max_steps(minilm_path):
+    """Without t0 / ΔT in the config, T = max_steps gives t0 = ΔT = round(T/50); explicit values win."""
+    from types import SimpleNamespace
+
+    derived = TriAdaptCallback(inject(load_minilm(minilm_path), TriAdaptConfig(ref_rank=2, seed=0)))
+    fixed = TriAdaptCallback(inject(load_minilm(minilm_path), TriAdaptConfig(ref_rank=2, seed=0, warmup_steps=7)))
+    for callback in (derived, fixed):
+        callback.on_train_begin(SimpleNamespace(fp16=False, activation_checkpointing=False,
+                                                gradient_checkpointing=False, deepspeed_plugin=None),
+                                SimpleNamespace(global_step=0, max_steps=500), None)
+    assert (derived.controller.config.warmup_steps, derived.controller.config.growth_interval) == (10, 10)
+    assert (fixed.controller.config.warmup_steps, fixed.controller.config.growth_interval) == (7, 10)
+    assert derived.controller.validate_schedule().events[0].step == 20
+

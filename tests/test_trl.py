@@ -120,6 +120,7 @@ def test_sft_refuses_an_adapter_on_the_lm_head(tokenizer, tmp_path):
     ctl = llama_controller(tokenizer, target_modules=["q_proj", "lm_head"])
     with pytest.raises(TriAdaptError, match="LM head"):
         sft(ctl, tokenizer, tmp_path)
+    assert "save_pretrained" not in vars(ctl.model)  # the refused trainer installed nothing on the model
 
 
 def test_sft_on_a_4bit_base_keeps_float32_units_and_reloads_exactly(tokenizer, tmp_path):

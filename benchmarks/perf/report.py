@@ -231,10 +231,11 @@ def qlora_section(q: dict) -> list[str]:
               f"**{memory:.2f}×** the {kind} (target ≤ {goals['peak_memory_ratio']}×: "
               f"{'met' if memory <= goals['peak_memory_ratio'] else '**missed**'}). TriAdaptLoRA at rank 8 with "
               f"threshold `none` trains the same rank as LoRA r=8 plus its r × r cores.", "",
-              # fixed text (not from the results file): what an earlier run of the same script showed
-              "On 2 cores the ratio moves with the machine's load: a first run on 2026-12-02, while the same cores "
-              "ran the test suite, gave 0.54× (load not controlled, so not a measurement of either method); the "
-              "table is the run on an otherwise idle machine. A GPU measurement is still to come.", ""]
+              # fixed text: how to read the figures (no number in it)
+              "Caveats: few samples (the processes and timed steps above); on 2 shared cores the ratio moves with "
+              "the machine's load, so measure on an idle machine and repeat before relying on it; peak memory is "
+              "the whole process's (import and loading included), where the 4-bit base dominates. No GPU "
+              "measurement yet.", ""]
     return lines
 
 

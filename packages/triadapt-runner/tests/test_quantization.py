@@ -25,9 +25,11 @@ def one_epoch(llama, **extra):
 
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])
 def test_sft_on_a_quantised_base_trains_grows_and_saves_the_adapter(llama, bits, tmp_path):
-    import torch
+    from transformers import AutoModelForCausalLM
+
     from triadapt import load
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from triadapt_runner.config import RunConfig
+    from triadapt_runner.quantization import load_kwargs
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     config = write_yaml(tmp_path / "run.yaml", one_epoch(llama, quantization=bits))
@@ -36,13 +38,14 @@ def test_sft_on_a_quantised_base_trains_grows_and_saves_the_adapter(llama, bits,
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.params["model.quantization"] == bits and run.data.params["model.name"] == llama
     assert run.data.metrics["total_rank"] > 14  # 14 matrices started at rank 1: it grew on the quantised base
-    settings = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32) if bits == "4bit"
-                else BitsAndBytesConfig(load_in_8bit=True))
-    base = AutoModelForCausalLM.from_pretrained(llama, quantization_config=settings, device_map="cpu")
+    base = AutoModelForCausalLM.from_pretrained(llama, **load_kwargs(RunConfig.from_dict(one_epoch(llama,
+                                                                                            quantization=bits))))
     adapter = Path(client.download_artifacts(run.info.run_id, "adapter", str(tmp_path)))
     weights = sum(f.stat().st_size for f in Path(llama).glob("*.safetensors"))
     assert sum(f.stat().st_size for f in adapter.iterdir()) < 0.2 * weights  # the adapter, not the base
-    assert load(base, adapter).ranks  # the saved adapter loads onto a quantised base
+    pattern = json.loads((adapter / "triadapt_adapter.json").read_text())["rank_pattern"]
+    loaded = load(base, adapter)  # onto the base quantised as the run loaded it
+    assert loaded.ranks == pattern and sum(pattern.values()) == run.data.metrics["total_rank"]
 
 
 def test_quantisation_refusals_are_one_line_before_any_run(llama, tmp_path, populated_store, capsys):

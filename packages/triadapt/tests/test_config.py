@@ -77,11 +77,17 @@ def test_replace_derives_again_when_t_changes():
     assert late.replace(total_steps=2500).replace(total_steps=100).growth_interval == 2
 
 
-def test_derived_config_round_trips_with_resolved_values():
-    config = TriAdaptConfig(total_steps=10_000)
+def test_derived_regime_survives_a_round_trip_and_derives_again():
+    """A saved and reloaded config (an adapter's JSON) keeps t0 / ΔT derived: a trainer's later T still applies."""
+    config = TriAdaptConfig(total_steps=10_000, growth_interval=100)
     data = json.loads(config.to_json())
-    assert (data["warmup_steps"], data["growth_interval"]) == (200, 200) and "_derived" not in data
-    assert TriAdaptConfig.from_dict(data) == config
+    assert data["warmup_steps"] is None and data["growth_interval"] == 100 and "_derived" not in data
+    rebuilt = TriAdaptConfig.from_dict(data)
+    assert rebuilt == config and rebuilt.warmup_steps == 200
+    assert rebuilt.replace(total_steps=500).warmup_steps == 10  # derived again, not frozen at 200
+    assert rebuilt.replace(total_steps=500).growth_interval == 100  # the explicit one stays
+    legacy = TriAdaptConfig.from_dict(json.loads(TriAdaptConfig().to_json()))
+    assert legacy.uses_legacy_interval and legacy.replace(total_steps=500).warmup_steps == 10
 
 
 def test_legacy_interval_without_t_is_deprecated():

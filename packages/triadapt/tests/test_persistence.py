@@ -93,3 +93,18 @@ def test_damaged_weights_file_is_named(tmp_path):
     (tmp_path / WEIGHTS_FILE).write_bytes(b"\x00\x01 not safetensors")
     with pytest.raises(AdapterLoadError, match="adapter_model.safetensors: not a readable safetensors file"):
         load(ToyModel(), tmp_path)
+
+
+def test_tensors_given_to_save_must_be_the_adapters(tmp_path):
+    """save_adapter(tensors=...) (a gathered state dict's values) refuses other keys and writes nothing."""
+    from triadapt import TriAdaptError
+    from triadapt.persistence import adapter_tensors, save_adapter
+
+    ctl = inject(ToyModel(), TriAdaptConfig(target_modules=ToyModel.targets, total_steps=10, seed=0))
+    tensors = {key: value.clone() for key, value in adapter_tensors(ctl).items()}
+    dropped = next(iter(tensors))
+    with pytest.raises(TriAdaptError, match=rf"missing \['{dropped}'\], unexpected \[\]"):
+        save_adapter(ctl, tmp_path / "bad", {k: v for k, v in tensors.items() if k != dropped})
+    assert not (tmp_path / "bad").exists()
+    save_adapter(ctl, tmp_path / "good", {k: v + 1 for k, v in tensors.items()})  # the given values are written
+    assert torch.equal(load_file(str(tmp_path / "good" / WEIGHTS_FILE))[dropped], tensors[dropped] + 1)

@@ -163,7 +163,7 @@ class RunConfig:
         if not isinstance(self.adapter, dict):
             raise invalid("adapter", self.adapter, "must be a mapping of TriAdaptConfig fields")
         self._check_quantization(APPROACHES[self.approach])
-        APPROACHES[self.approach].validate(self)
+        APPROACHES[self.approach].validate(self)  # the adapter section, as this approach reads it
 
     def _check_quantization(self, method: Any) -> None:
         if self.quantization is None:
@@ -175,7 +175,7 @@ class RunConfig:
                                                                    f"weights, which cannot be quantised; use an adapter")
         if self.train.zero_stage == 3 or _deepspeed_stage(self.train.deepspeed_config) == 3:
             raise invalid("model.quantization", self.quantization, "cannot be combined with DeepSpeed ZeRO-3, which "
-                                                                   "partitions the base weights (use ZeRO 0-2)")  # the adapter section, as this approach reads it
+                                                                   "partitions the base weights (use ZeRO 0-2)")
 
     @property
     def label(self) -> str:
@@ -186,7 +186,7 @@ class RunConfig:
     def adapter_config(self, total_steps: int | None, fields: dict[str, Any] | None = None) -> TriAdaptConfig:
         """The TriAdaptConfig of the adapter section (or of ``fields``), T and the regime defaults set."""
         fields = dict(self.adapter if fields is None else fields)
-        if total_steps is not None:
+        if total_steps is not None:  # explicit (the core's rule), so saved adapters and cell configs show them
             fields.setdefault("warmup_steps", regime_interval(total_steps))
             fields.setdefault("growth_interval", regime_interval(total_steps))
             fields["total_steps"] = total_steps

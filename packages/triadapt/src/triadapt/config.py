@@ -179,8 +179,10 @@ class TriAdaptConfig:
         return dataclasses.replace(self, **rederive, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, t0 / ΔT as resolved (a config rebuilt from it has them explicit)."""
+        """Every field as given: t0 / ΔT that were derived are None, so a config rebuilt from it derives them
+        again (from its T, and again when T changes)."""
         data = copy.deepcopy({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init})
+        data.update({name: None for name in self._derived})
         if isinstance(data["target_modules"], tuple):
             data["target_modules"] = list(data["target_modules"])
         return data

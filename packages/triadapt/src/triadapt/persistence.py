@@ -49,10 +49,15 @@ def save_adapter(controller: Any, path: str | os.PathLike, tensors: dict[str, Te
     """
     if any(layer.merged for layer in controller.layers.values()):
         raise TriAdaptError("cannot save merged adapters: unmerge() first (a merged base is saved by the model)")
+    expected = adapter_tensors(controller)
+    if tensors is not None and set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise TriAdaptError(f"save_adapter(tensors=...): the keys must be the adapter's: missing {missing[:3]}, "
+                            f"unexpected {extra[:3]}")
+    tensors = expected if tensors is None else tensors
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = adapter_tensors(controller) if tensors is None else tensors
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt", "triadapt_format": str(FORMAT_VERSION)})
     meta = {
         "format_version": FORMAT_VERSION,

@@ -76,13 +76,14 @@ class TriAdaptCallback(TrainerCallback):
 
     # -- events -----------------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        _check_model(self.controller, kwargs.get("model"))
-        install_adapter_save(self.controller)
+        _check_model(self.controller, kwargs.get("model"))  # every check before anything is installed
+        _check_deepspeed(self.controller, args)
         trainer = find_trainer(self)
         if trainer is not None:
-            self.bind(trainer)
             _check_fused_lm_head(self.controller, trainer)
-        _check_deepspeed(self.controller, args)
+        install_adapter_save(self.controller)
+        if trainer is not None:
+            self.bind(trainer)
         _keep_unit_dtype(self.controller)
         _prepare_zero3(self.controller, args)
 
