@@ -68,9 +68,9 @@ built = {}
 original_build = TaskKind.build_model
 
 
-def build_and_measure(self, path, task, meta=False):
+def build_and_measure(self, path, task, meta=False, load=None):
     """Record how much of the base model this process holds right after building it (ZeRO-3 partitions)."""
-    model = original_build(self, path, task, meta=meta)
+    model = original_build(self, path, task, meta=meta, load=load)
     if not meta:
         built["base_full"] = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         built["base_local"] = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
