@@ -13,8 +13,10 @@ bitsandbytes is imported only to merge. Merging is lossy: the merged weight is Q
 element, its error against W + ΔW is at most g/2 · m_b + |s_b − m_b| for 4 bits, with g the widest
 gap of the normalised code (NF4: 0.304, FP4: 0.333), m_b the absolute maximum of the element's
 block of W + ΔW, and s_b the scale stored for that block (s_b = m_b, or within about 2 % of it
-with double quantisation, which stores the scales in 8 bits); for 8 bits, half a step of the row's
-scale, absmax_row / 254, plus bitsandbytes' float16 rounding of W + ΔW. Un-merging subtracts ΔW
+with double quantisation, which stores the scales in 8 bits), plus the rounding of W + ΔW to the
+dtype the 4-bit weight was quantised from when that is bfloat16 or float16 (tested in float32);
+for 8 bits, half a step of the row's scale, absmax_row / 254, plus bitsandbytes' float16 rounding
+of W + ΔW. Un-merging subtracts ΔW
 and quantises again (a second such error). A base quantised any other way cannot be merged:
 `QuantizationError` names its quantisation and nothing is changed.
 """
