@@ -34,6 +34,9 @@ def test_trainer_under_zero_resumes_a_moved_checkpoint_exactly(stage, tmp_path):
     run(tmp_path / "first", stage, 4, model)
     checkpoint = tmp_path / "first" / "checkpoint-4"
     assert (checkpoint / "triadapt_adapter.json").is_file() and not (checkpoint / "model.safetensors").is_file()
+    engine_files = sum(f.stat().st_size for f in (checkpoint / "global_step4").rglob("*") if f.is_file())
+    base = sum(f.stat().st_size for f in Path(model).glob("*.safetensors"))
+    assert engine_files < 0.5 * base  # DeepSpeed's own checkpoint leaves the frozen base out, as for peft models
     moved = tmp_path / "elsewhere" / "checkpoint-4"
     shutil.copytree(checkpoint, moved)
     resumed = run(tmp_path / "resumed", stage, 8, model, resume=moved)

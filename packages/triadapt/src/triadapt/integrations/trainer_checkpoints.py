@@ -300,4 +300,36 @@ def hook_trainer(trainer: Any, controller: Any, resumed: Callable[[str], None]) 
     trainer._load_from_checkpoint = _load_from_checkpoint
     trainer._load_optimizer_and_scheduler = _load_optimizer_and_scheduler
     trainer._load_best_model = _load_best_model
+    _engine_keeps_adapter_only(trainer)
     setattr(trainer, _HOOKED, controller)
+
+
+def _engine_keeps_adapter_only(trainer: Any) -> None:
+    """Under DeepSpeed, the engine's own checkpoint (``global_stepN/``) leaves the frozen base out, as the Trainer
+    does for PEFT models: ``save_checkpoint(exclude_frozen_parameters=True)`` and a non-strict module load, set on
+    the engine this trainer's accelerator builds (wrapping its ``prepare`` on this accelerator instance)."""
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is None or not getattr(trainer, "is_deepspeed_enabled", False):
+        return
+    prepare = accelerator.prepare
+
+    def prepare_then_hook(*args: Any, **kwargs: Any) -> Any:
+        result = prepare(*args, **kwargs)
+        wrapped = getattr(accelerator, "deepspeed_engine_wrapped", None)
+        engine = getattr(wrapped, "engine", None)
+        if engine is not None and not getattr(engine, "_triadapt_adapter_only", False):
+            save, load = engine.save_checkpoint, engine.load_checkpoint
+
+            def save_checkpoint(save_dir: Any, *a: Any, **kw: Any) -> Any:
+                kw["exclude_frozen_parameters"] = True
+                return save(save_dir, *a, **kw)
+
+            def load_checkpoint(load_dir: Any, *a: Any, **kw: Any) -> Any:
+                kw["load_module_strict"] = False  # the frozen base is not in the checkpoint: it is already loaded
+                return load(load_dir, *a, **kw)
+
+            engine.save_checkpoint, engine.load_checkpoint = save_checkpoint, load_checkpoint
+            engine._triadapt_adapter_only = True
+        return result
+
+    accelerator.prepare = prepare_then_hook
