@@ -14,7 +14,8 @@ DeepSpeed included). Three pieces, each on one object only, no class changed:
 * `hook_trainer` wraps those three methods on the *trainer instance*: a folder holding a TriAdapt
   adapter and no full weights (`is_adapter_checkpoint`) is loaded in place into the already
   injected model (`load_in_place`: ranks, unit tensors, heads and the controller state), whatever
-  its path; other folders go to the Trainer's own code, as before.
+  its path; other folders go to the Trainer's own code, as before. Under DeepSpeed it also makes the
+  engine that trainer builds keep the frozen base out of its own checkpoint (`_engine_keeps_adapter_only`).
 * `find_trainer` finds the trainer that calls a callback, so the callback needs no argument.
 * `mark_quantized_adapters` lets the Trainer accept a quantised base with TriAdapt adapters (it
   refuses a quantised model that carries no PEFT adapters).
