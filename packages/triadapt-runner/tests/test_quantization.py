@@ -23,6 +23,17 @@ def one_epoch(llama, **extra):
             "train": {**TINY_LM["train"], "epochs": 1}}
 
 
+def test_peft_lora_peer_trains_on_a_4bit_base(llama, tmp_path):
+    """The peers train on a quantised base too (peft's own bitsandbytes LoRA layers)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    config = write_yaml(tmp_path / "run.yaml", {**one_epoch(llama, quantization="4bit"), "approach": "peft-lora"})
+    assert run_main(["train", "--config", config, "--tracking-uri", uri, "--no-progress"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["model.quantization"] == "4bit"
+    assert run.data.tags["triadapt.approach"] == "peft-lora"
+
+
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])
 def test_sft_on_a_quantised_base_trains_grows_and_saves_the_adapter(llama, bits, tmp_path):
     from transformers import AutoModelForCausalLM
