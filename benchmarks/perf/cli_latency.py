@@ -40,7 +40,7 @@ def run(argv: list[str], env: dict[str, str]) -> float:
 
 def store(uri: str) -> None:
     """A tracking store with one finished 6-cell grid for `compare` to read."""
-    from triadapt_runner.tracking import FINISHED, Tracker
+    from triadapt_runner.tracking.runs import FINISHED, Tracker
 
     tracker = Tracker(uri, "triadapt-bench")
     parent = tracker.start_run("grid:bench", {"triadapt.grid": "bench", "triadapt.role": "parent"})

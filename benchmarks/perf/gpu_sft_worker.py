@@ -23,13 +23,13 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from triadapt_runner.config import RunConfig  # noqa: E402
-from triadapt_runner.data.builtin import fetch, read_rotten_tomatoes  # noqa: E402
-from triadapt_runner.data.loading import as_instructions  # noqa: E402
-from triadapt_runner.data.tasks import TASKS  # noqa: E402
-from triadapt_runner.distributed import (init_processes, keep_units_whole, make_accelerator,  # noqa: E402
+from triadapt_runner.tasks.data.builtin import fetch, read_rotten_tomatoes  # noqa: E402
+from triadapt_runner.tasks.data.loading import as_instructions  # noqa: E402
+from triadapt_runner.tasks.specs import TASKS  # noqa: E402
+from triadapt_runner.distributed.processes import (init_processes, keep_units_whole, make_accelerator,  # noqa: E402
                                          make_units_whole, model_building, zero_stage)
-from triadapt_runner.kinds import kind_for  # noqa: E402
-from triadapt_runner.kinds.causal_lm import Collator, _sft_features, prepare_tokenizer  # noqa: E402
+from triadapt_runner.tasks.registry import kind_for  # noqa: E402
+from triadapt_runner.tasks.causal_lm import Collator, _sft_features, prepare_tokenizer  # noqa: E402
 from triadapt_runner.methods import method_for  # noqa: E402
 from triadapt_runner.models import model_path  # noqa: E402
 from triadapt_runner.training import _optimizer  # noqa: E402

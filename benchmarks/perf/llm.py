@@ -79,9 +79,9 @@ def sft_throughput(steps: int, rounds: int) -> dict:
 
     import triadapt
     from triadapt.targets import DEFAULT_TARGETS
-    from triadapt_runner.data.builtin import fetch, read_rotten_tomatoes
-    from triadapt_runner.data.loading import as_instructions
-    from triadapt_runner.kinds.causal_lm import Collator, _sft_features, prepare_tokenizer
+    from triadapt_runner.tasks.data.builtin import fetch, read_rotten_tomatoes
+    from triadapt_runner.tasks.data.loading import as_instructions
+    from triadapt_runner.tasks.causal_lm import Collator, _sft_features, prepare_tokenizer
     from triadapt_runner.models import model_path
 
     torch.set_num_threads(2)

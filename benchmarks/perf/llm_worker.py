@@ -10,8 +10,8 @@ args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
 out, config = Path(args[0]), json.loads(args[1])
 
 from triadapt_runner.config import RunConfig  # noqa: E402
-from triadapt_runner.distributed import init_processes, leave_processes  # noqa: E402
-from triadapt_runner.kinds.base import TaskKind  # noqa: E402
+from triadapt_runner.distributed.processes import init_processes, leave_processes  # noqa: E402
+from triadapt_runner.tasks.base import TaskKind  # noqa: E402
 from triadapt_runner.training import train_run  # noqa: E402
 
 held = {}

@@ -33,9 +33,9 @@ def measure(method: str, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from triadapt_runner.data.builtin import fetch, read_rotten_tomatoes
-    from triadapt_runner.data.loading import as_instructions
-    from triadapt_runner.kinds.causal_lm import Collator, _sft_features, prepare_tokenizer
+    from triadapt_runner.tasks.data.builtin import fetch, read_rotten_tomatoes
+    from triadapt_runner.tasks.data.loading import as_instructions
+    from triadapt_runner.tasks.causal_lm import Collator, _sft_features, prepare_tokenizer
     from triadapt_runner.models import model_path
 
     cuda = torch.cuda.is_available()

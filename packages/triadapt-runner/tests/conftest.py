@@ -63,7 +63,7 @@ def store_snapshot(uri: str) -> list:
 @pytest.fixture(scope="module")
 def populated_store(tmp_path_factory):
     """A sqlite MLflow store holding a finished grid (parent and one cell), made through the runner's Tracker."""
-    from triadapt_runner.tracking import FINISHED, Tracker
+    from triadapt_runner.tracking.runs import FINISHED, Tracker
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     tracker = Tracker(uri, "triadapt")

@@ -23,7 +23,7 @@ from triadapt.gradients import full_grad  # noqa: E402
 from triadapt.scorers import Scorer  # noqa: E402
 from triadapt_runner import checkpointing  # noqa: E402
 from triadapt_runner.config import RunConfig  # noqa: E402
-from triadapt_runner.distributed import init_processes, leave_processes  # noqa: E402
+from triadapt_runner.distributed.processes import init_processes, leave_processes  # noqa: E402
 from triadapt_runner.training import train_run  # noqa: E402
 
 if stop_after is not None:  # simulate a crash right after a complete checkpoint
@@ -62,7 +62,7 @@ class GradNormPlugin:
 
 registry().register(GradNormPlugin(), name="grad-norm")
 
-from triadapt_runner.kinds.base import TaskKind  # noqa: E402
+from triadapt_runner.tasks.base import TaskKind  # noqa: E402
 
 built = {}
 original_build = TaskKind.build_model

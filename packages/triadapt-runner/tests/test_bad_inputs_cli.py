@@ -89,7 +89,7 @@ def test_ablate_refuses_a_grid_with_an_invalid_cell_before_any_run(tmp_path, pop
 
 
 def test_compare_finds_the_grid_in_the_only_experiment_that_has_it(tmp_path, capsys):
-    from triadapt_runner.tracking import FINISHED, Tracker
+    from triadapt_runner.tracking.runs import FINISHED, Tracker
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     for experiment in ("first", "second"):

@@ -96,7 +96,7 @@ def test_numbers_written_the_usual_way_are_numbers(written, tmp_path):
     """`1e-4` is a float in YAML 1.2 and Python, a string in PyYAML's YAML 1.1: accepted everywhere."""
     from triadapt_runner.config import RunConfig, apply_overrides
     from triadapt_runner.cli import _parse_override
-    from triadapt_runner.grid import load_grid
+    from triadapt_runner.grid.spec import load_grid
     from triadapt_runner.yamlfile import read_yaml
 
     expected = float(written)

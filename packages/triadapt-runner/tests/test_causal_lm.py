@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import assert_bad_input, run_main, write_yaml
-from triadapt_runner.kinds.causal_lm import IGNORE, PLAIN_TEMPLATE, _blocks, _lm_features, _sft_features
+from triadapt_runner.tasks.causal_lm import IGNORE, PLAIN_TEMPLATE, _blocks, _lm_features, _sft_features
 from triadapt_runner.models import model_path
 
 TINY_LM = {"data": {"max_train_samples": 24, "max_eval_samples": 6, "max_length": 48},

@@ -2,9 +2,9 @@
 
 import pytest
 
-from triadapt_runner.compare import build_table, collect_runs
+from triadapt_runner.tracking.compare import build_table, collect_runs
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.tracking import Tracker
+from triadapt_runner.tracking.runs import Tracker
 
 
 def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy", selection=None,
@@ -97,7 +97,7 @@ def test_baseline_column_pairs_shared_seeds_and_is_logged_on_the_parent(tracker,
     assert "74.00 (n=1)" in text and "±" not in text.split("one seed")[1].split("\n")[0]
     row = next(line for line in table.csv().splitlines() if line.startswith("TriAdaptLoRA"))
     assert row.split(",")[7:9] == ["LoRA", "0.020000"] and row.endswith(",paired,3")
-    from triadapt_runner.compare import log_table
+    from triadapt_runner.tracking.compare import log_table
 
     assert log_table(tracker, parent, table) == ["compare-main-vs-LoRA.md", "compare-main-vs-LoRA.csv"]
     logged = {a.path for a in tracker.client.list_artifacts(parent)}

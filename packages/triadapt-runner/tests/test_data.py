@@ -6,8 +6,8 @@ import pytest
 
 from glue_fixtures import S1, S2, write_glue
 from triadapt_runner.config import DataConfig
-from triadapt_runner.data import builtin
-from triadapt_runner.data.loading import load_task
+from triadapt_runner.tasks.data import builtin
+from triadapt_runner.tasks.data.loading import load_task
 from triadapt_runner.errors import RunnerError
 
 EXPECTED_TRAIN_FIRST = {
@@ -111,7 +111,7 @@ def test_unknown_builtin():
 
 
 def test_task_declarations_cover_the_paper():
-    from triadapt_runner.data.tasks import GLUE_TASKS, TASKS
+    from triadapt_runner.tasks.specs import GLUE_TASKS, TASKS
 
     assert {TASKS[t].main_metric for t in GLUE_TASKS} == {"accuracy", "matthews", "pearson"}
     assert json.dumps([TASKS[t].hub for t in GLUE_TASKS])  # every GLUE task names its hub dataset

@@ -87,8 +87,8 @@ def reloaded_logits(cfg, adapter_dir):
 
     import triadapt
     from triadapt_runner.config import RunConfig
-    from triadapt_runner.data.loading import load_task
-    from triadapt_runner.kinds import kind_for
+    from triadapt_runner.tasks.data.loading import load_task
+    from triadapt_runner.tasks.registry import kind_for
     from triadapt_runner.models import model_path
 
     run = RunConfig.from_dict(cfg)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-from triadapt_runner.grid import load_grid, parse_grid
+from triadapt_runner.grid.spec import load_grid, parse_grid
 
 ABLATIONS = Path(__file__).resolve().parents[3] / "benchmarks" / "ablations"
 
@@ -76,7 +76,7 @@ def test_paper_squad_recipe_follows_table_vi(triadapt_registry):
 
 
 def test_tracking_uri_defaults(monkeypatch, tmp_path):
-    from triadapt_runner.tracking import default_tracking_uri
+    from triadapt_runner.tracking.runs import default_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from triadapt_runner.metrics import compute
+from triadapt_runner.tasks.metrics import compute
 
 
 def test_classification_metrics_by_hand():

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from triadapt import plan_injection, TriAdaptConfig
-from triadapt_runner.data.tasks import TASKS
-from triadapt_runner.kinds import kind_for
+from triadapt_runner.tasks.specs import TASKS
+from triadapt_runner.tasks.registry import kind_for
 from triadapt_runner.models import model_path
 from triadapt_runner.preflight import optimizer_steps
 from triadapt_runner.structures_cache import describe, meta_model, skeleton

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch.distributed as dist
 
 from conftest import free_port
-from triadapt_runner.distributed import init_processes, leave_processes
+from triadapt_runner.distributed.processes import init_processes, leave_processes
 
 SCRIPT = """
 import json, os, sys
 import torch.distributed as dist
-from triadapt_runner.distributed import init_processes, leave_processes
+from triadapt_runner.distributed.processes import init_processes, leave_processes
 
 init_processes()
 joined = dist.is_initialized() and dist.get_world_size() == 2

@@ -6,10 +6,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from squad_fixture import squad_v2
-from triadapt_runner.data.squad import read_squad_json
+from triadapt_runner.tasks.data.squad import read_squad_json
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.qa.features import QASettings, eval_features, postprocess, train_features
-from triadapt_runner.qa.metrics import squad_v2_scores
+from triadapt_runner.tasks.qa.features import QASettings, eval_features, postprocess, train_features
+from triadapt_runner.tasks.qa.metrics import squad_v2_scores
 from triadapt_runner.models import model_path
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from triadapt_runner.qa.metrics import normalize_answer, squad_v2_scores, token_f1
+from triadapt_runner.tasks.qa.metrics import normalize_answer, squad_v2_scores, token_f1
 
 
 def ex(qid, *answers):

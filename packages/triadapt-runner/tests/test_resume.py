@@ -61,10 +61,10 @@ def test_killed_grid_resumes_and_changed_spec_is_refused(tmp_path):
 
 
 def test_force_starts_a_new_parent_for_a_changed_spec(tmp_path):
-    from triadapt_runner.ablate import _parent
+    from triadapt_runner.grid.ablate import _parent
     from triadapt_runner.errors import RunnerError
-    from triadapt_runner.grid import parse_grid
-    from triadapt_runner.tracking import Tracker
+    from triadapt_runner.grid.spec import parse_grid
+    from triadapt_runner.tracking.runs import Tracker
 
     import pytest
 

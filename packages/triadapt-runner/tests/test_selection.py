@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, assert_bad_input, run_main, write_yaml
-from triadapt_runner.selection import Selection, choose
+from triadapt_runner.grid.selection import Selection, choose
 
 SELECT = Selection("train.learning_rate", (1e-4, 5e-4, 2.5e-3), (0, 1))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from triadapt_runner.significance import difference
+from triadapt_runner.tracking.significance import difference
 
 ROW = {0: 0.70, 1: 0.72, 2: 0.71}
 BASE = {0: 0.69, 1: 0.70, 2: 0.705}

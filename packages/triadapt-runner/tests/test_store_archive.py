@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from triadapt_runner.tracking import Tracker
+from triadapt_runner.tracking.runs import Tracker
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "quality" / "store_archive.py"
 

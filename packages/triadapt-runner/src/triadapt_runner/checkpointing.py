@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from triadapt_runner.distributed import uses_deepspeed
+from triadapt_runner.distributed.processes import uses_deepspeed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 

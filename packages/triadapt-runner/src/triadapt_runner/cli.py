@@ -14,12 +14,13 @@ from typing import Any, Sequence
 import yaml
 
 from triadapt.errors import TriAdaptError
+from triadapt_runner.console import quiet_libraries, quiet_mlflow, quiet_without_imports
 
 EXIT_BAD_INPUT = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from triadapt_runner.launch import ensure_offline_defaults
+    from triadapt_runner.distributed.launch import ensure_offline_defaults
 
     ensure_offline_defaults()
     parser = build_parser()
@@ -118,7 +119,7 @@ def _tracking_args(parser: argparse.ArgumentParser, default_experiment: str | No
 # -- handlers -------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     from triadapt_runner.config import RunConfig, apply_overrides
-    from triadapt_runner.grid import Cell
+    from triadapt_runner.grid.spec import Cell
     from triadapt_runner.preflight import preflight
 
     base = _read_yaml(args.config) if args.config else {}
@@ -129,9 +130,9 @@ def _train(args: argparse.Namespace) -> int:
     cell = Cell(cfg.config_hash(with_seed=True), cfg, {}, cfg.train.seed)
     quiet_libraries()
     preflight([cell])  # data, model, adapters and schedule: before any MLflow run exists
-    from triadapt_runner.ablate import run_cell
-    from triadapt_runner.distributed import init_processes, is_main_process, leave_processes, main_only
-    from triadapt_runner.tracking import Tracker
+    from triadapt_runner.grid.cells import run_cell
+    from triadapt_runner.distributed.processes import init_processes, is_main_process, leave_processes, main_only
+    from triadapt_runner.tracking.runs import Tracker
 
     init_processes()
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment), share=False)  # None on other processes
@@ -148,8 +149,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from triadapt_runner.grid import load_grid
-    from triadapt_runner.parallel_cells import check_jobs
+    from triadapt_runner.grid.spec import load_grid
+    from triadapt_runner.grid.workers import check_jobs
 
     check_jobs(args.jobs)
     spec = load_grid(args.grid)
@@ -157,16 +158,16 @@ def _ablate(args: argparse.Namespace) -> int:
         from triadapt_runner.errors import RunnerError
         from triadapt_runner.preflight import dry_run_lines
 
-        _quiet_without_imports()
+        quiet_without_imports()
         lines, invalid = dry_run_lines(spec)
         print("\n".join(lines))
         if invalid:
             raise RunnerError(f"{args.grid}: {invalid} of {len(spec.cells())} cells are invalid (listed above)")
         return 0
     quiet_libraries()
-    from triadapt_runner.ablate import run_grid, summary_lines
-    from triadapt_runner.distributed import init_processes, is_main_process, leave_processes, main_only
-    from triadapt_runner.tracking import Tracker
+    from triadapt_runner.grid.ablate import run_grid, summary_lines
+    from triadapt_runner.distributed.processes import init_processes, is_main_process, leave_processes, main_only
+    from triadapt_runner.tracking.runs import Tracker
 
     init_processes()
     main = is_main_process()
@@ -181,9 +182,9 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    _quiet_mlflow()
-    from triadapt_runner.compare import build_table, collect_runs, log_table, parent_of
-    from triadapt_runner.tracking import Tracker
+    quiet_mlflow()
+    from triadapt_runner.tracking.compare import build_table, collect_runs, log_table, parent_of
+    from triadapt_runner.tracking.runs import Tracker
 
     grid, experiment = _grid_and_experiment(args)
     tracker = Tracker(args.tracking_uri, experiment, create=False)  # reading: never creates an experiment
@@ -216,7 +217,7 @@ def _grid_and_experiment(args: argparse.Namespace) -> tuple[str | None, str]:
         grid, experiment = data["name"], experiment or str(data.get("experiment", "triadapt"))
     if experiment or not grid:
         return grid, experiment or "triadapt"
-    from triadapt_runner.tracking import experiments_with_grid
+    from triadapt_runner.tracking.runs import experiments_with_grid
 
     found = experiments_with_grid(args.tracking_uri, grid)
     if len(found) == 1:
@@ -246,8 +247,8 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _data_list(args: argparse.Namespace) -> int:
-    from triadapt_runner.data.builtin import SOURCES, cached_path
-    from triadapt_runner.data.tasks import TASKS
+    from triadapt_runner.tasks.data.builtin import SOURCES, cached_path
+    from triadapt_runner.tasks.specs import TASKS
     from triadapt_runner.models import BUILTIN_MODELS, is_cached
 
     print("tasks:")
@@ -266,7 +267,7 @@ def _data_list(args: argparse.Namespace) -> int:
 
 
 def _data_fetch(args: argparse.Namespace) -> int:
-    from triadapt_runner.data.builtin import fetch
+    from triadapt_runner.tasks.data.builtin import fetch
 
     print(fetch(args.name))
     return 0
@@ -295,37 +296,6 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), load_yaml(value)
     except yaml.YAMLError as exc:
         raise RunnerError(f"--set {text!r} is invalid: the value is not valid YAML ({getattr(exc, 'problem', exc)})")
-
-
-def _quiet_without_imports() -> None:
-    """Checks only: transformers and datasets read these when (and if) they are imported."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-
-
-def _quiet_mlflow() -> None:
-    import logging
-
-    import mlflow  # noqa: F401  (configures its loggers on import: quiet them afterwards)
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def quiet_libraries() -> None:
-    """Training commands: the progress bars and warnings of datasets, transformers and mlflow off."""
-    import warnings
-
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    _quiet_mlflow()
-    datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 if __name__ == "__main__":

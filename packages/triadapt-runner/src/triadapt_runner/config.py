@@ -18,7 +18,7 @@ from typing import Any
 
 from triadapt import TriAdaptConfig
 from triadapt.config import regime_interval
-from triadapt_runner.data.tasks import TASKS
+from triadapt_runner.tasks.specs import TASKS
 from triadapt_runner.errors import RunnerError, invalid
 from triadapt_runner.models import DEFAULT_MODEL
 

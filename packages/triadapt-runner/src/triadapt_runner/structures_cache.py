@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from triadapt.layer import is_conv1d
-from triadapt_runner.data.builtin import cache_dir
+from triadapt_runner.tasks.data.builtin import cache_dir
 
 FORMAT = 2
 CONFIG_KEYS = ("model_type", "max_position_embeddings")  # what the checks read of a model's config

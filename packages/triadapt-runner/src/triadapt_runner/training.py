@@ -25,15 +25,15 @@ from triadapt.gradients import set_grad_accessor
 from triadapt_runner import quantization
 from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
 from triadapt_runner.config import RunConfig
-from triadapt_runner.data.loading import load_task
-from triadapt_runner.distributed import (gather, install_grad_accessor, keep_units_whole, make_accelerator,
+from triadapt_runner.tasks.data.loading import load_task
+from triadapt_runner.distributed.processes import (gather, install_grad_accessor, keep_units_whole, make_accelerator,
                                          make_units_whole, model_building, uses_deepspeed, zero_stage)
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.kinds import kind_for
+from triadapt_runner.tasks.registry import kind_for
 from triadapt_runner.methods import Adapted, MethodPlan, method_for
 from triadapt_runner.models import model_path
 from triadapt_runner.preflight import optimizer_steps
-from triadapt_runner.results import RunResult, finish
+from triadapt_runner.tracking.results import RunResult, finish
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "ln_")
 
@@ -66,7 +66,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
               accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None) -> RunResult:
     """Train and evaluate one run; writes the adapter and plots to ``output_dir``.
 
-    The same code serves one process, DDP and DeepSpeed (see `triadapt_runner.distributed`).
+    The same code serves one process, DDP and DeepSpeed (see `triadapt_runner.distributed.processes`).
     With ``checkpoint_dir``, the whole training state is saved there every
     ``train.checkpoint_every`` optimizer steps (default: at every growth event) and a rerun
     resumes from the latest complete checkpoint.

@@ -30,7 +30,7 @@ from triadapt.errors import TriAdaptError
 from triadapt.gradients import set_grad_accessor
 from triadapt_runner.config import TrainConfig, read_deepspeed_config
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.launch import check_launch_environment, is_main_process, world_size
+from triadapt_runner.distributed.launch import check_launch_environment, is_main_process, world_size
 
 
 def make_accelerator(train: TrainConfig) -> Accelerator:

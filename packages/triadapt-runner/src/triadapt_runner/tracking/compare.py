@@ -15,10 +15,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from triadapt_runner.data.tasks import TASKS
+from triadapt_runner.tasks.specs import TASKS
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.significance import Difference, difference
-from triadapt_runner.tracking import FINISHED, TAG_PREFIX, Tracker
+from triadapt_runner.tracking.significance import Difference, difference
+from triadapt_runner.tracking.runs import FINISHED, TAG_PREFIX, Tracker
 
 T = TAG_PREFIX
 # what a run measures about itself (not a task metric): tables of these show raw values, and rows without them

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
-from triadapt_runner.qa.features import QASettings, eval_features, postprocess, train_features
-from triadapt_runner.qa.metrics import squad_v2_scores
+from triadapt_runner.tasks.qa.features import QASettings, eval_features, postprocess, train_features
+from triadapt_runner.tasks.qa.metrics import squad_v2_scores
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

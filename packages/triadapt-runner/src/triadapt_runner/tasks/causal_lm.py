@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import torch
 
-from triadapt_runner.data.tasks import TaskSpec
+from triadapt_runner.tasks.specs import TaskSpec
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.kinds.base import Evaluation, Loaders, TaskKind
+from triadapt_runner.tasks.base import Evaluation, Loaders, TaskKind
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 GENERATIONS = 3  # validation prompts generated from at every evaluation

@@ -28,7 +28,7 @@ from typing import Any
 
 from triadapt_runner.config import RunConfig, apply_overrides, valid_keys
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.selection import Selection, parse_selection
+from triadapt_runner.grid.selection import Selection, parse_selection
 from triadapt_runner.yamlfile import read_yaml
 
 TOP_LEVEL = ("name", "experiment", "base", "axes", "seeds", "select", "description")

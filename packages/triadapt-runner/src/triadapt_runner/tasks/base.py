@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from triadapt_runner.data.tasks import TaskSpec
+from triadapt_runner.tasks.specs import TaskSpec
 
 
 @dataclass

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from triadapt_runner import metrics as task_metrics
-from triadapt_runner.data.tasks import TaskSpec
-from triadapt_runner.kinds.base import Evaluation, Loaders, TaskKind
+from triadapt_runner.tasks import metrics as task_metrics
+from triadapt_runner.tasks.specs import TaskSpec
+from triadapt_runner.tasks.base import Evaluation, Loaders, TaskKind
 
 
 class SequenceClassification(TaskKind):

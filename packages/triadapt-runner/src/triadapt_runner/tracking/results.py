@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from triadapt_runner.methods import Adapted, RankRecord
-from triadapt_runner.plots import rank_heatmap
+from triadapt_runner.tracking.plots import rank_heatmap
 
 
 @dataclass

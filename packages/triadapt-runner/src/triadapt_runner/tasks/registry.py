@@ -6,21 +6,21 @@ the preflight call that interface and never ask which kind they hold.
 
 from __future__ import annotations
 
-from triadapt_runner.data.tasks import TaskSpec
-from triadapt_runner.kinds.base import Evaluation, Loaders, TaskKind
+from triadapt_runner.tasks.specs import TaskSpec
+from triadapt_runner.tasks.base import Evaluation, Loaders, TaskKind
 
 
 def kind_for(task: TaskSpec) -> TaskKind:
     """The kind that trains ``task`` (its ``kind`` field: single, pair, regression, qa, sft, lm)."""
     if task.kind == "qa":
-        from triadapt_runner.kinds.extractive_qa import ExtractiveQA
+        from triadapt_runner.tasks.extractive_qa import ExtractiveQA
 
         return ExtractiveQA()
     if task.is_causal_lm:
-        from triadapt_runner.kinds.causal_lm import CausalLM
+        from triadapt_runner.tasks.causal_lm import CausalLM
 
         return CausalLM()
-    from triadapt_runner.kinds.classification import SequenceClassification
+    from triadapt_runner.tasks.classification import SequenceClassification
 
     return SequenceClassification()
 

@@ -19,8 +19,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any
 
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.grid import Cell, GridSpec
-from triadapt_runner.launch import world_size
+from triadapt_runner.grid.cells import CellOutcome, outcome_line, run_cell
+from triadapt_runner.grid.choosing import CHOSEN, apply_selection
+from triadapt_runner.grid.spec import Cell, GridSpec
+from triadapt_runner.distributed.launch import world_size
 
 
 def check_jobs(jobs: int) -> None:
@@ -39,8 +41,6 @@ def run_cells_in_processes(spec: GridSpec, jobs: int, *, tracker: Any, parent_id
     cell whose process dies counts as failed. On an interrupt (SIGINT, or SIGTERM while this runs) the workers are
     stopped with the grid.
     """
-    from triadapt_runner.ablate import CHOSEN, CellOutcome, apply_selection, outcome_line
-
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or MLflow state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_process,
                                initargs=(max(1, (os.cpu_count() or 1) // jobs),))
@@ -102,8 +102,6 @@ def _terminate_as_interrupt() -> Any:
 
 
 def _outcome(future: Future, cell: Cell) -> Any:
-    from triadapt_runner.ablate import CellOutcome
-
     try:
         return future.result()
     except Exception as exc:  # the process died (killed, out of memory) before returning
@@ -121,7 +119,7 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 def _start_process(threads: int) -> None:
     import torch
 
-    from triadapt_runner.cli import quiet_libraries
+    from triadapt_runner.console import quiet_libraries
 
     torch.set_num_threads(threads)
     quiet_libraries()
@@ -132,8 +130,7 @@ _trackers: dict[tuple[str, str], Any] = {}  # one per worker process and store
 
 def _run_cell_here(cell: Cell, *, uri: str, experiment: str, parent_id: str, grid: str, checkpoint_root: Any,
                    extra_tags: dict[str, str] | None) -> Any:
-    from triadapt_runner.ablate import run_cell
-    from triadapt_runner.tracking import Tracker
+    from triadapt_runner.tracking.runs import Tracker
 
     tracker = _trackers.get((uri, experiment)) or _trackers.setdefault((uri, experiment), Tracker(uri, experiment))
     return run_cell(tracker, cell, parent_id, grid, progress=False, checkpoint_root=checkpoint_root,

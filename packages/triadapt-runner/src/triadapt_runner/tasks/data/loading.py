@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from triadapt_runner.data import builtin
-from triadapt_runner.data.squad import read_squad_json
-from triadapt_runner.data.tasks import TASKS, TaskSpec, custom_task
+from triadapt_runner.tasks.data import builtin
+from triadapt_runner.tasks.data.squad import read_squad_json
+from triadapt_runner.tasks.specs import TASKS, TaskSpec, custom_task
 from triadapt_runner.errors import RunnerError, invalid
 
 SPLIT_SEED = 20250114  # fixed: the train/validation split never depends on the run's seed

@@ -1,0 +1,1 @@
+"""Process groups, accelerate / DeepSpeed set-up and launching."""

@@ -1,0 +1,1 @@
+"""MLflow tracking: runs and their artifacts, results, comparison tables, significance, plots."""
