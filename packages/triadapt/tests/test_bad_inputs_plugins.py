@@ -3,13 +3,13 @@ a strategy that fails when used raises before the model is touched, or rolls the
 """
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from triadapt import (ConfigError, PluginError, Registry, ScorerSpec, StructureSpec, ThresholdSpec, TriAdaptConfig,
-                      UnknownStrategyError, hookimpl, inject)
-from triadapt.plugins import strategy_options
+from triadapt import (ConfigError, PluginError, Registry, ScorerSpec, StrategyConfigError, StrategyOptionError,
+                      StructureSpec, ThresholdSpec, TriAdaptConfig, UnknownStrategyError, hookimpl, inject)
 from triadapt.plugins.registry import use_registry
 from triadapt.scorers import FrobeniusScorer
 from triadapt.structures import LoraStructure
@@ -151,12 +151,19 @@ class ShapelessStructure(LoraStructure):
         return {"a": (in_features, "wide")}
 
 
-def _with_options(cfg):
-    options = strategy_options(cfg, "tunable", {"window"})
-    window = options.get("window", 3)
-    if not isinstance(window, int) or window < 1:
-        raise ConfigError("strategy_options.tunable.window", window, "must be an integer >= 1")
+@dataclass(frozen=True)
+class TunableOptions:
+    window: int = 3
+
+
+def _with_options(cfg, options: TunableOptions):
+    if options.window < 1:
+        raise ConfigError("strategy_options.tunable.window", options.window, "must be an integer >= 1")
     return FrobeniusScorer("tunable", "r")
+
+
+def _refusing(cfg, options: TunableOptions):
+    raise ValueError(f"window={options.window} does not divide the sequence")
 
 
 class Strategies:
@@ -166,7 +173,8 @@ class Strategies:
         return [ScorerSpec("missing-layer", lambda c: BadScorer(lambda layers: {})),
                 ScorerSpec("nan-score", lambda c: BadScorer(lambda layers: {n: math.nan for n in layers})),
                 ScorerSpec("list-scores", lambda c: BadScorer(lambda layers: [0.0] * len(layers))),
-                ScorerSpec("tunable", _with_options)]
+                ScorerSpec("tunable", _with_options, "", TunableOptions),
+                ScorerSpec("refusing", _refusing, "", TunableOptions)]
 
     @staticmethod
     @hookimpl
@@ -190,8 +198,15 @@ AT_INJECT = [  # the model is never touched: inject checks (or rolls back) first
     ("threshold-raises", dict(threshold="raises-k"), ZeroDivisionError, "T unknown"),
     ("structure-bad-shape", dict(structure="shapeless"), TypeError,
      r"structure 'shapeless': unit_shapes\(0, 8, 8\)\['a'\]=\(8, 'wide'\) is invalid: must be a tuple of positive"),
-    ("unknown-option", dict(scorer="tunable", strategy_options={"tunable": {"windw": 2}}), ValueError,
-     r"strategy_options.tunable.windw=2 is invalid: the options of 'tunable' are window"),
+    ("unknown-option", dict(scorer="tunable", strategy_options={"tunable": {"windw": 2}}), StrategyOptionError,
+     r"strategy_options.tunable.windw=2 is invalid: scorer 'tunable' of plugin '\d+' \(distribution <inline>\) has "
+     r"no option 'windw'; its options are window: int = 3$"),
+    ("ill-typed-option", dict(scorer="tunable", strategy_options={"tunable": {"window": "2"}}), StrategyOptionError,
+     r"strategy_options.tunable.window='2' is invalid: option 'window' of scorer 'tunable' .* must be int; its "
+     r"options are window: int = 3$"),
+    ("plugin-value-error", dict(scorer="refusing"), StrategyConfigError,
+     r"scorer='refusing' is invalid: scorer 'refusing' of plugin '\d+' \(distribution <inline>\) refused the "
+     r"configuration: ValueError: window=3 does not divide the sequence$"),
     ("bad-option-value", dict(scorer="tunable", strategy_options={"tunable": {"window": 0}}), ConfigError,
      r"strategy_options.tunable.window=0 is invalid: must be an integer >= 1"),
     ("unknown-plugin-name", dict(scorer="sensitivty"), UnknownStrategyError,

@@ -1,9 +1,13 @@
+import importlib.metadata as md
+
 import pytest
 
-from triadapt import registry
+from triadapt import StrategyConfigError, StrategyOptionError, TriAdaptConfig, registry
 from triadapt.testing.conformance import ThresholdConformance, make_controller, train
 from triadapt.thresholds import GrowthContext
-from triadapt_cubic import CubicThreshold
+from triadapt_cubic import CubicOptions, CubicThreshold
+
+VERSION = md.version("triadapt-cubic")  # as installed
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +47,38 @@ def test_listed_with_its_distribution():
 
 
 def test_unknown_option_is_named():
-    with pytest.raises(ValueError, match="strategy_options.cubic.t_final=5 is invalid: the options of 'cubic' are "
-                                         "final_steps"):
+    with pytest.raises(StrategyOptionError) as info:
         make_controller(threshold="cubic", strategy_options={"cubic": {"t_final": 5}})
+    assert str(info.value) == ("strategy_options.cubic.t_final=5 is invalid: threshold 'cubic' of plugin 'cubic' "
+                               f"(distribution triadapt-cubic {VERSION}) has no option 't_final'; its options are "
+                               "final_steps: int = 0")
+
+
+@pytest.mark.parametrize("value", ["8", 2.5, True, None])
+def test_ill_typed_option_is_named(value):
+    with pytest.raises(StrategyOptionError) as info:
+        TriAdaptConfig(threshold="cubic", total_steps=100, strategy_options={"cubic": {"final_steps": value}})
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"strategy_options.cubic.final_steps={value!r} is invalid: option "
+                                      f"'final_steps' of threshold 'cubic' of plugin 'cubic' (distribution "
+                                      f"triadapt-cubic {VERSION}) must be int; its options are final_steps: int = 0")
+
+
+def test_options_reach_the_threshold_with_defaults_filled():
+    assert make_controller(threshold="cubic").allocator.threshold.final_steps == 0
+    ctl = make_controller(threshold="cubic", strategy_options={"cubic": {"final_steps": 4}})
+    assert ctl.allocator.threshold.final_steps == 4
+    assert registry().resolve_options("threshold", "cubic", None) == CubicOptions(final_steps=0)
+
+
+def test_a_refused_value_is_one_line_naming_the_distribution():
+    with pytest.raises(StrategyConfigError) as info:
+        TriAdaptConfig(threshold="cubic", total_steps=100, strategy_options={"cubic": {"final_steps": -1}})
+    assert str(info.value) == ("strategy_options.cubic={'final_steps': -1} is invalid: threshold 'cubic' of plugin "
+                               f"'cubic' (distribution triadapt-cubic {VERSION}) refused them: ValueError: "
+                               "strategy_options.cubic.final_steps=-1 is invalid: an integer >= 0")
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_provider_is_the_distribution():
+    assert registry().provider("threshold", "cubic") == ("triadapt-cubic", VERSION)

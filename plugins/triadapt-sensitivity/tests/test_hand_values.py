@@ -1,13 +1,17 @@
 """Sensitivity scores against hand computation."""
 
+import importlib.metadata as md
+
 import pytest
 import torch
 
-from triadapt import TriAdaptConfig, inject
+from triadapt import StrategyConfigError, StrategyOptionError, TriAdaptConfig, inject, registry
 from triadapt.layer import AdapterLayer
 from triadapt.structures import LoraStructure
 from triadapt.testing.models import ToyModel, toy_batch
-from triadapt_sensitivity import SensitivityScorer
+from triadapt_sensitivity import SensitivityOptions, SensitivityScorer
+
+VERSION = md.version("triadapt-sensitivity")  # as installed
 
 
 def test_scalar_emas_by_hand():
@@ -60,8 +64,38 @@ def test_toy_training_matches_recorded_weights_and_gradients():
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="strategy_options.sensitivity.gamma=1 is invalid: the options of .sensitivity. are beta1, beta2"):
+    with pytest.raises(StrategyOptionError) as info:
         inject(ToyModel(), TriAdaptConfig(target_modules=["query"], scorer="sensitivity",
                                           strategy_options={"sensitivity": {"gamma": 1}}))
+    assert str(info.value) == ("strategy_options.sensitivity.gamma=1 is invalid: scorer 'sensitivity' of plugin "
+                               f"'sensitivity' (distribution triadapt-sensitivity {VERSION}) has no option 'gamma'; "
+                               "its options are beta1: float = 0.85, beta2: float = 0.85")
     with pytest.raises(ValueError, match="beta1=1.5 is invalid"):
         SensitivityScorer(beta1=1.5)
+
+
+@pytest.mark.parametrize("value", ["0.9", None, [0.9]])
+def test_ill_typed_option_is_named(value):
+    with pytest.raises(StrategyOptionError) as info:
+        TriAdaptConfig(scorer="sensitivity", strategy_options={"sensitivity": {"beta2": value}})
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"strategy_options.sensitivity.beta2={value!r} is invalid: option 'beta2' of "
+                                      f"scorer 'sensitivity' of plugin 'sensitivity' (distribution "
+                                      f"triadapt-sensitivity {VERSION}) must be float")
+
+
+def test_options_reach_the_scorer_with_defaults_filled():
+    config = TriAdaptConfig(target_modules=["query"], scorer="sensitivity", threshold="none",
+                            strategy_options={"sensitivity": {"beta1": 0}})  # an int for a float field is a float
+    scorer = inject(ToyModel(), config).allocator.scorer
+    assert (scorer.beta1, scorer.beta2) == (0.0, 0.85) and isinstance(scorer.beta1, float)
+    assert registry().resolve_options("scorer", "sensitivity", {"beta2": 0.5}) == SensitivityOptions(0.85, 0.5)
+
+
+def test_a_refused_value_is_one_line_naming_the_distribution():
+    with pytest.raises(StrategyConfigError) as info:
+        TriAdaptConfig(scorer="sensitivity", strategy_options={"sensitivity": {"beta1": 1.5}})
+    assert str(info.value) == ("strategy_options.sensitivity={'beta1': 1.5} is invalid: scorer 'sensitivity' of "
+                               f"plugin 'sensitivity' (distribution triadapt-sensitivity {VERSION}) refused them: "
+                               "ValueError: strategy_options.sensitivity.beta1=1.5 is invalid: must be in [0, 1)")
+    assert isinstance(info.value.__cause__, ValueError)

@@ -4,7 +4,8 @@ Paper: Liang, Wang, Zeng, "TriAdaptLoRA: Brain-Inspired Triangular Adaptive Low-
 Adaptation for Parameter-Efficient Fine-Tuning", arXiv 2501.08008 (2025).
 
 Names are imported on first use, so ``import triadapt.errors`` (what a command line needs to
-report an error) does not import torch.
+report an error) does not import torch. Modules of the package import a name from the module
+that defines it, never from here: this module imports them all, so that would be a circle.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from triadapt.version import __version__
 
 _EXPORTS = {
     "triadapt.allocator": ["Allocator", "GrowthEvent"],
     "triadapt.config": ["TriAdaptConfig"],
     "triadapt.controller": ["Controller", "inject"],
-    "triadapt.errors": ["AdapterLoadError", "ConfigError", "PluginError", "TargetError", "TriAdaptError",
-                        "UnknownStrategyError"],
+    "triadapt.errors": ["AdapterLoadError", "ConfigError", "PluginError", "StrategyConfigError", "StrategyOptionError",
+                        "TargetError", "TriAdaptError", "UnknownStrategyError"],
     "triadapt.layer": ["AdapterLayer"],
     "triadapt.persistence": ["load"],
     "triadapt.planning": ["InjectionPlan", "plan_injection"],
@@ -52,8 +53,8 @@ if TYPE_CHECKING:  # what static tools see; at run time the names above load on 
     from triadapt.allocator import Allocator, GrowthEvent
     from triadapt.config import TriAdaptConfig
     from triadapt.controller import Controller, inject
-    from triadapt.errors import (AdapterLoadError, ConfigError, PluginError, TargetError, TriAdaptError,
-                                 UnknownStrategyError)
+    from triadapt.errors import (AdapterLoadError, ConfigError, PluginError, StrategyConfigError, StrategyOptionError,
+                                 TargetError, TriAdaptError, UnknownStrategyError)
     from triadapt.layer import AdapterLayer
     from triadapt.persistence import load_adapter as load
     from triadapt.planning import InjectionPlan, plan_injection

@@ -9,29 +9,15 @@ last one grows by what is left).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from triadapt.config import ConfigError, TriAdaptConfig
+from triadapt.config import TriAdaptConfig
+from triadapt.errors import ConfigError
+from triadapt.events import GrowthEvent
 from triadapt.layer import AdapterLayer
 from triadapt.schedule import PlannedEvent, Schedule, plan_schedule
 from triadapt.scorers import Scorer, checked_scores
 from triadapt.thresholds import GrowthContext, Threshold, checked_count
-
-
-@dataclass
-class GrowthEvent:
-    """Record of one growth event."""
-
-    step: int
-    k: int  # matrices the threshold asked for, after the cap by growable matrices
-    grown: dict[str, int]  # module name -> rank added
-    budget_before: int
-    budget_left: int
-    scores: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Allocator:
@@ -76,7 +62,7 @@ class Allocator:
                              rank_increment=self.config.rank_increment)
 
     def validate_schedule(self) -> Schedule:
-        """Fail before step 1 when the schedule cannot work (USERS.md 3); return the planned events."""
+        """Fail before step 1 when the schedule cannot work; return the planned events."""
         return plan_schedule(self.config, len(self.layers), self.threshold)
 
     def preview(self) -> list[PlannedEvent]:

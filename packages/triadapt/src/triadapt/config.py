@@ -50,8 +50,8 @@ class TriAdaptConfig:
     ref_rank: int = _help("Reference rank r_ref: the total budget is ref_rank × number of matrices.", default=8)
     total_budget: int | None = _help("Explicit total rank budget R0 (overrides ref_rank × M).", default=None)
     max_rank: int | None = _help(
-        "Reserved capacity per matrix; None means init_rank with threshold 'none', else max(init_rank, 2×ref_rank).",
-        default=None)
+        "Reserved capacity per matrix; None means init_rank with a threshold that never grows ('none'), else "
+        "max(init_rank, 2×ref_rank).", default=None)
     warmup_steps: int | None = _help(
         "t0: optimizer steps before the first possible growth event; None: max(1, round(T/50)) once total_steps "
         "is known (the paper's regime).", default=None)
@@ -74,9 +74,12 @@ class TriAdaptConfig:
     orth_reg_squared: bool = _help("Use the squared Frobenius norm (literal Eq. 10).", default=False)
     seed: int | None = _help("Seed of the adapter initialisation (None: torch's global generator).", default=None)
     strategy_options: dict[str, Any] = _help(
-        "Options for plugin strategies, keyed by strategy name.", default_factory=dict)
+        "Options of the chosen strategies, keyed by strategy name, e.g. {'sensitivity': {'beta1': 0.9}}; each is "
+        "checked against the options (names and types) its strategy declares.", default_factory=dict)
     # t0 / ΔT fields the user left out (None): derived from T, and derived again by replace()
     _derived: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # the threshold's own `grows`, asked when the config is validated (see threshold_grows)
+    _grows: bool = field(default=True, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._derive_regime()
@@ -132,15 +135,10 @@ class TriAdaptConfig:
             _at_least("total_budget", self.total_budget, 1)
         if self.max_rank is not None and self.max_rank < self.init_rank:
             raise ConfigError("max_rank", self.max_rank, f"must be >= init_rank ({self.init_rank})")
-        if self.total_steps is not None and self.total_steps <= self.warmup_steps and self.threshold != "none":
-            raise ConfigError("total_steps", self.total_steps,
-                              f"must be > warmup_steps ({self.warmup_steps}) so that growth can happen")
         if self.rounding not in ROUNDINGS:
             raise ConfigError("rounding", self.rounding, f"must be one of {', '.join(ROUNDINGS)}")
         if self.core_init not in CORE_INITS:
             raise ConfigError("core_init", self.core_init, f"must be one of {', '.join(CORE_INITS)}")
-        if self.threshold == "fixed" and (self.fixed_k is None or self.fixed_k < 1):
-            raise ConfigError("fixed_k", self.fixed_k, "threshold 'fixed' needs an integer fixed_k >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
         if self.init_std <= 0:
@@ -153,19 +151,39 @@ class TriAdaptConfig:
             raise ConfigError("orth_reg_weight", self.orth_reg_weight, "must be >= 0 (0 disables the regulariser)")
 
     def _check_strategies(self) -> None:
-        from triadapt.plugins import registry  # late import: the registry imports strategy modules
+        """The names, each strategy's options, and what the threshold says of itself.
+
+        The threshold is built (thresholds are small) so that the config asks it rather than knowing names:
+        its factory checks the fields it needs (``fixed_k`` for 'fixed'), and its ``grows`` decides the
+        capacity and whether T must leave room for an event, for a plugin's threshold as for 'none'.
+        """
+        from triadapt.plugins.registry import registry  # imported on use: the registry imports torch
 
         current = registry()
         for kind in ("structure", "scorer", "threshold"):
             current.get(kind, getattr(self, kind))  # raises UnknownStrategyError listing the known names
+        for kind in ("structure", "scorer"):
+            name = getattr(self, kind)
+            current.resolve_options(kind, name, self.strategy_options.get(name))
+        threshold = current.create("threshold", self.threshold, self)  # resolves its options too
+        self._grows = bool(threshold.grows)
+        if self.total_steps is not None and self.total_steps <= self.warmup_steps and self._grows:
+            raise ConfigError("total_steps", self.total_steps,
+                              f"must be > warmup_steps ({self.warmup_steps}) so that growth can happen")
 
     # -- derived values ----------------------------------------------------------------------------
+    @property
+    def threshold_grows(self) -> bool:
+        """The threshold's ``grows``: False for one that never grows ('none', or a plugin's), whose matrices keep
+        their initial rank: capacity init_rank, no growth schedule."""
+        return self._grows
+
     @property
     def capacity(self) -> int:
         """Ranks reserved per matrix (parameters exist for all of them from construction on)."""
         if self.max_rank is not None:
             return self.max_rank
-        if self.threshold == "none":
+        if not self._grows:
             return self.init_rank
         return max(self.init_rank, 2 * self.ref_rank)
 

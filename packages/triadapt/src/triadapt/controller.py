@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from triadapt import quantized
+import triadapt.quantized as quantized
 from triadapt.allocator import Allocator, GrowthEvent
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import TriAdaptError
@@ -259,7 +259,7 @@ class Controller:
             self._unload_hooks.append(hook)
 
     def save(self, path: str) -> None:
-        from triadapt.persistence import save_adapter
+        from triadapt.adapter_files import save_adapter
 
         save_adapter(self, path)
 

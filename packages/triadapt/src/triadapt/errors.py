@@ -16,6 +16,19 @@ class ConfigError(TriAdaptError, ValueError):
         super().__init__(f"{field}={value!r} is invalid: {valid}")
 
 
+class StrategyConfigError(ConfigError):
+    """A strategy refused its configuration: the message names the strategy and, for a plugin's, the plugin and its
+    distribution, so that the user knows which package to look at. The strategy's own error is the ``__cause__``."""
+
+    def __init__(self, field: str, value: object, valid: str, *, kind: str, strategy: str, provider: str):
+        self.kind, self.strategy, self.provider = kind, strategy, provider
+        super().__init__(field, value, valid)
+
+
+class StrategyOptionError(StrategyConfigError):
+    """One of ``strategy_options.<strategy>`` is unknown, ill-typed or missing."""
+
+
 class TargetError(TriAdaptError, ValueError):
     """Target module patterns that match no adaptable layer of the model."""
 

@@ -8,12 +8,14 @@ it take no part in the forward, so their gradient is zero.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from triadapt import quantized
+import triadapt.quantized as quantized
+from triadapt.legacy_units import LegacyUnit
 from triadapt.structures import Factors, Structure
 from triadapt.unit_storage import UnitLayout
 
@@ -113,8 +115,26 @@ class AdapterLayer(nn.Module):
         pass ``units.grad`` or an optimizer state tensor to see that unit's part of it)."""
         return self.layout.unit_views((self.units if rows is None else rows)[index], index)
 
-    def active_units(self) -> Iterator[dict[str, Tensor]]:
-        return (self.unit(index) for index in range(self.rank))
+    def active_unit_tensors(self, rows: Tensor | None = None) -> Iterator[dict[str, Tensor]]:
+        """The tensors of each active unit (index < rank) as `unit` gives them: views of its row of ``rows``
+        (default the units themselves)."""
+        return (self.unit(index, rows) for index in range(self.rank))
+
+    def active_units(self) -> Iterator[LegacyUnit]:
+        """Deprecated since 0.2 (goes in 0.3): use `active_unit_tensors`.
+
+        In 0.1 this yielded one module per active unit; code written for that keeps working: each unit
+        yielded is a mapping of its tensors (as `active_unit_tensors` gives them) that also answers
+        ``parameters()``, ``named_parameters()``, ``tensors()`` and ``unit.<name>``; its tensors are leaves on
+        the unit's storage, as 0.1's parameters were, and carry their part of ``units.grad`` as ``.grad``
+        (`triadapt.legacy_units`).
+        """
+        warnings.warn("AdapterLayer.active_units() is deprecated since 0.2 and goes in 0.3: use "
+                      "active_unit_tensors() (each active unit's tensors by name, views of its row of `units`; "
+                      "gradients: active_unit_tensors(units.grad))", DeprecationWarning, stacklevel=2)
+        units, grad = self.units, self.units.grad
+        return (LegacyUnit(self.unit(index), None if grad is None else self.unit(index, grad), units.requires_grad)
+                for index in range(self.rank))
 
     def unit_numel(self, rank: int | None = None) -> int:
         """Entries of the first ``rank`` units (default: the current rank), padding excluded."""

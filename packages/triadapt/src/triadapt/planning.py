@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from triadapt import quantized
+import triadapt.quantized as quantized
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import TargetError, TriAdaptError
 from triadapt.layer import AdapterLayer, base_shape

@@ -121,7 +121,7 @@ def plan_schedule(config: TriAdaptConfig, num_matrices: int, threshold: Threshol
     a budget below the starting ranks, or no event at all.
     """
     if threshold is None:
-        from triadapt.plugins import registry
+        from triadapt.plugins.registry import registry
 
         threshold = registry().create("threshold", config.threshold, config)
     if num_matrices < 1:

@@ -45,11 +45,17 @@ class GrowthContext:
 
 
 class Threshold(ABC):
-    """Interface of a threshold strategy: ``count`` returns k ≥ 0 (0: no growth this event)."""
+    """Interface of a threshold strategy: ``count`` returns k ≥ 0 (0: no growth this event).
+
+    The config, the schedule and the allocator ask the threshold what it is rather than test its
+    name, so a plugin's threshold is treated as a built-in with the same answers: ``grows = False``
+    (as 'none') reserves no capacity beyond ``init_rank``, plans no event and never calls ``count``;
+    ``needs_total_steps = True`` (as 'linear') makes T required before training.
+    """
 
     name: str = ""
     grows: bool = True  # False for strategies that never grow: the allocator then schedules nothing
-    needs_total_steps: bool = False
+    needs_total_steps: bool = False  # True when count reads T (ctx.total_steps, ctx.progress)
 
     @abstractmethod
     def count(self, ctx: GrowthContext) -> int:

@@ -1,5 +1,5 @@
 """AdaLoRA / IncreLoRA-style gradient-sensitivity scorer for TriAdapt."""
 
-from triadapt_sensitivity.scorer import SensitivityScorer
+from triadapt_sensitivity.scorer import SensitivityOptions, SensitivityScorer
 
-__all__ = ["SensitivityScorer"]
+__all__ = ["SensitivityOptions", "SensitivityScorer"]

@@ -1,14 +1,14 @@
-"""Entry point ``triadapt: sensitivity``: registers the scorer by name."""
+"""Entry point ``triadapt: sensitivity``: registers the scorer by name, with its typed options."""
 
 from triadapt import ScorerSpec, hookimpl
-from triadapt.plugins import strategy_options
-from triadapt_sensitivity.scorer import SensitivityScorer
+from triadapt_sensitivity.scorer import SensitivityOptions, SensitivityScorer
 
 
-def _build(config) -> SensitivityScorer:
-    return SensitivityScorer(**strategy_options(config, "sensitivity", {"beta1", "beta2"}))
+def _build(config, options: SensitivityOptions) -> SensitivityScorer:
+    return SensitivityScorer(options.beta1, options.beta2)
 
 
 @hookimpl
 def triadapt_scorers():
-    return [ScorerSpec("sensitivity", _build, "EMA of |w·∇w| × its uncertainty (AdaLoRA / IncreLoRA), per step")]
+    return [ScorerSpec("sensitivity", _build, "EMA of |w·∇w| × its uncertainty (AdaLoRA / IncreLoRA), per step",
+                       SensitivityOptions)]

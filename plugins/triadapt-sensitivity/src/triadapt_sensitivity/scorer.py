@@ -10,6 +10,7 @@ averages stay exactly zero until it joins (and padding entries never count).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -18,14 +19,32 @@ from triadapt.gradients import full_grad
 from triadapt.scorers import Layers, Scorer
 
 
+def check_betas(beta1: float, beta2: float) -> None:
+    for label, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"strategy_options.sensitivity.{label}={beta!r} is invalid: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """``strategy_options: {sensitivity: {beta1: ..., beta2: ...}}``: the two EMA factors, in [0, 1).
+
+    Checked here too, so that a config with a bad factor fails when it is validated, not when training starts.
+    """
+
+    beta1: float = 0.85  # β1, smoothing of the sensitivity I (TriAdaptLoRA's Table V)
+    beta2: float = 0.85  # β2, smoothing of its uncertainty U
+
+    def __post_init__(self) -> None:
+        check_betas(self.beta1, self.beta2)
+
+
 class SensitivityScorer(Scorer):
     name = "sensitivity"
     observes_steps = True
 
     def __init__(self, beta1: float = 0.85, beta2: float = 0.85):
-        for label, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"strategy_options.sensitivity.{label}={beta!r} is invalid: must be in [0, 1)")
+        check_betas(beta1, beta2)
         self.beta1, self.beta2 = float(beta1), float(beta2)
         self.ipt: dict[str, torch.Tensor] = {}  # Ī per entry of a matrix's unit rows, keyed by layer name
         self.unc: dict[str, torch.Tensor] = {}  # Ū per entry

@@ -7,7 +7,7 @@ is_main_process=...)``, and loads it back through its own methods ``_load_from_c
 DeepSpeed included). Three pieces, each on one object only, no class changed:
 
 * `install_adapter_save` sets ``save_pretrained`` on the model *instance* to `AdapterSave`: the folder
-  gets TriAdapt's own adapter (`triadapt.persistence`: ``triadapt_adapter.json``,
+  gets TriAdapt's own adapter (`triadapt.adapter_files`: ``triadapt_adapter.json``,
   ``adapter_model.safetensors``, ``triadapt_state.pt``) instead of the full weights. Every other
   method of the model is untouched; `remove_adapter_save` (run by ``Controller.unload``, through
   `Controller.on_unload`) puts the class's method back.
@@ -32,11 +32,11 @@ from typing import Any, Callable
 
 import torch
 
+from triadapt.adapter_files import (CONFIG_FILE, STATE_FILE, adapter_tensors, load_state, read_adapter_meta,
+                                    read_tensors, save_adapter)
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import AdapterLoadError, TriAdaptError
 from triadapt.layer import UNITS_ATTR
-from triadapt.persistence import (CONFIG_FILE, STATE_FILE, adapter_tensors, load_state, read_adapter_meta,
-                                  read_tensors, save_adapter)
 
 # Files of a full model in a folder (transformers' names): their presence means "not an adapter-only checkpoint".
 FULL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -127,7 +127,7 @@ def _undo_on_model(controller: Any) -> None:
 
 
 def write_adapter(controller: Any, folder: str | os.PathLike, state_dict: dict[str, Any] | None = None) -> Path:
-    """Write the adapter of ``controller`` to ``folder``: as `triadapt.persistence.save_adapter`, but taking the
+    """Write the adapter of ``controller`` to ``folder``: as `triadapt.adapter_files.save_adapter`, but taking the
     tensors from ``state_dict`` when it holds every unit and head parameter (partitioned live parameters)."""
     keys = _state_keys(controller)
     if state_dict is None or not all(key in state_dict for key in keys):

@@ -41,12 +41,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from triadapt.adapter_files import STATE_FILE, load_state, save_state
 from triadapt.controller import Controller
 from triadapt.errors import TriAdaptError
 from triadapt.integrations.trainer_checkpoints import (find_trainer, hook_trainer, install_adapter_save,
                                                        mark_quantized_adapters, remove_adapter_save)
 from triadapt.layer import AdapterLayer
-from triadapt.persistence import STATE_FILE, load_state, save_state
 from triadapt.zero3 import make_units_whole
 
 __all__ = ["STATE_FILE", "TriAdaptCallback", "remove_adapter_save"]
@@ -203,7 +203,7 @@ def _keep_unit_dtype(controller: Controller) -> None:
     float32 by default) and runs the adapter's forward in the base's compute dtype anyway; in bf16
     storage small AdamW updates of the units would be lost. The units are a tiny part of the memory.
     """
-    from triadapt import quantized
+    import triadapt.quantized as quantized
 
     for layer in controller.layers.values():
         wanted = layer.reserve_full.dtype

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from triadapt.allocator import GrowthEvent
+    from triadapt.events import GrowthEvent
     from triadapt.plugins.specs import ScorerSpec, StructureSpec, ThresholdSpec
 
 PROJECT = "triadapt"

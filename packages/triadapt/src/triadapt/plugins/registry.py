@@ -4,6 +4,11 @@ Built-ins are registered through the same hooks as third-party plugins. Each ent
 of the group ``triadapt`` is loaded behind its own error barrier: a failing plugin is
 recorded (name, distribution, error) and skipped, or raises under ``strict``. A strategy
 name offered twice is an error naming both distributions.
+
+Building a strategy (``create``) checks its options against the spec's options dataclass
+(`triadapt.plugins.options`) and turns a plain ``ValueError`` of the plugin's code into a
+one-line `StrategyConfigError` naming the plugin and its distribution (the original stays the
+``__cause__``): the user sees which package refused what, not a traceback into it.
 """
 
 from __future__ import annotations
@@ -11,20 +16,25 @@ from __future__ import annotations
 import importlib.metadata as md
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import pluggy
 
-from triadapt.errors import PluginError, UnknownStrategyError
-from triadapt.plugins import builtins, hookspecs
+import triadapt.plugins.builtins as builtins
+import triadapt.plugins.hookspecs as hookspecs
+from triadapt.errors import PluginError, StrategyConfigError, TriAdaptError, UnknownStrategyError
+from triadapt.plugins.options import Owner, build_options, is_options_class, one_line
 from triadapt.plugins.specs import ScorerSpec, StructureSpec, ThresholdSpec
+from triadapt.version import __version__
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "triadapt"
 KINDS: dict[str, type] = {"structure": StructureSpec, "scorer": ScorerSpec, "threshold": ThresholdSpec}
 STRICT_ENV = "TRIADAPT_STRICT_PLUGINS"
+BUILTINS = "triadapt.builtins"  # the plugin name of the built-in strategies
 
 
 @dataclass
@@ -47,7 +57,9 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._tables: dict[str, dict[str, Any]] | None = None
-        self.register(builtins, name="triadapt.builtins", distribution="triadapt", version=_version("triadapt"))
+        self._owners: dict[str, dict[str, str]] = {}  # kind -> strategy name -> the plugin that provides it
+        self._warned: set[tuple[str, str]] = set()  # strategies already warned about for untyped options
+        self.register(builtins, name=BUILTINS, distribution="triadapt", version=__version__)
         if entry_points:
             self.load_entry_points()
         self.pm.check_pending()
@@ -89,12 +101,13 @@ class Registry:
     # -- tables -----------------------------------------------------------------------------------
     def tables(self) -> dict[str, dict[str, Any]]:
         if self._tables is None:
-            self._tables = {kind: self._collect(kind) for kind in KINDS}
+            owners: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+            self._tables = {kind: self._collect(kind, owners[kind]) for kind in KINDS}
+            self._owners = owners
         return self._tables
 
-    def _collect(self, kind: str) -> dict[str, Any]:
+    def _collect(self, kind: str, owner: dict[str, str]) -> dict[str, Any]:
         table: dict[str, Any] = {}
-        owner: dict[str, str] = {}
         for impl in getattr(self.pm.hook, f"triadapt_{kind}s").get_hookimpls():
             info = self.infos[impl.plugin_name]
             try:
@@ -124,9 +137,57 @@ class Registry:
             raise UnknownStrategyError(kind, name, list(table))
         return table[name]
 
+    def provider(self, kind: str, name: str) -> tuple[str, str]:
+        """(distribution, version) that provides the strategy ``name`` of ``kind``: ("triadapt", the core's
+        version) for a built-in, ("<inline>", "") for a plugin registered from code without a distribution."""
+        self.get(kind, name)
+        info = self.infos[self._owners[kind][name]]
+        return info.distribution, info.version
+
+    def owner(self, kind: str, name: str) -> Owner:
+        """The strategy as error messages name it: its kind and name, and for a plugin's the plugin and its
+        distribution."""
+        self.get(kind, name)
+        info = self.infos[self._owners[kind][name]]
+        if info.name == BUILTINS:
+            return Owner(kind, name, "")
+        version = f" {info.version}" if info.version else ""
+        return Owner(kind, name, f"plugin {info.name!r} (distribution {info.distribution}{version})")
+
+    def resolve_options(self, kind: str, name: str, given: Mapping[str, Any] | None) -> Any:
+        """The options of strategy ``name`` of ``kind`` from ``given`` (``strategy_options[name]``): an instance of
+        the spec's options dataclass, checked and with defaults filled (`StrategyOptionError` otherwise).
+
+        A spec without an options dataclass (the 0.1 form) gets ``given`` back as a dict, unchecked; when options
+        are given to it, a `DeprecationWarning` names the replacement.
+        """
+        spec = self.get(kind, name)
+        if spec.options is not None:
+            return build_options(spec.options, given, self.owner(kind, name))
+        if given and (kind, name) not in self._warned:  # once: the config and the plan both resolve them
+            self._warned.add((kind, name))
+            warnings.warn(f"strategy_options[{name!r}] reach {self.owner(kind, name)} as an untyped dict; this is "
+                          f"deprecated since 0.2 and goes in 0.3: its spec should declare an options dataclass "
+                          f"({type(spec).__name__}(..., options=<dataclass>))", DeprecationWarning, stacklevel=3)
+        return dict(given or {})
+
     def create(self, kind: str, name: str, config: Any) -> Any:
-        """Instantiate the strategy ``name`` of ``kind`` for ``config``."""
-        return self.get(kind, name).factory(config)
+        """Instantiate the strategy ``name`` of ``kind`` for ``config``: ``factory(config, options)`` for a spec with
+        an options dataclass, ``factory(config)`` for one without.
+
+        A plain ``ValueError`` from the strategy's code becomes a `StrategyConfigError` naming the strategy, its
+        plugin and distribution (the ``ValueError`` is its ``__cause__``); triadapt's own errors pass unchanged.
+        """
+        spec = self.get(kind, name)
+        options = self.resolve_options(kind, name, (getattr(config, "strategy_options", None) or {}).get(name))
+        try:
+            return spec.factory(config, options) if spec.options is not None else spec.factory(config)
+        except TriAdaptError:
+            raise
+        except ValueError as exc:
+            owner = self.owner(kind, name)
+            raise StrategyConfigError(kind, name, f"{owner} refused the configuration: {one_line(exc)}", kind=kind,
+                                      strategy=name, provider=owner.provider) from exc
 
     def plugins(self) -> list[PluginInfo]:
         self.tables()
@@ -150,13 +211,9 @@ def _check_specs(kind: str, specs: list[Any]) -> None:
             raise TypeError(f"returned a {expected.__name__} with an empty name")
         if not callable(spec.factory):
             raise TypeError(f"{expected.__name__} {spec.name!r} has a factory that is not callable")
-
-
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return ""
+        if spec.options is not None and not is_options_class(spec.options):
+            raise TypeError(f"{expected.__name__} {spec.name!r} has options={spec.options!r}: options must be a "
+                            f"dataclass (its fields are the options) or None")
 
 
 _current: Registry | None = None
