@@ -1,6 +1,6 @@
 """One (method, ZeRO stage) cell of benchmarks/perf/gpu_sft.py, in a process of its own.
 
-The runner's own DeepSpeed path: its accelerate plugin and config (`make_accelerator`), the model
+The runner's own DeepSpeed path: its accelerate plugin and config (`setup_for(...).make_accelerator`), the model
 built as the runner builds it (partitioned under ZeRO-3), the method attached through the runner's
 `Method` interface, its optimizer, the persistent rank units under ZeRO-3; then timed SFT steps on
 one fixed batch. Args: OUT_JSON SPEC_JSON (the deepspeed launcher's --local_rank is ignored). With
@@ -26,13 +26,13 @@ from triadapt_runner.config import RunConfig  # noqa: E402
 from triadapt_runner.tasks.data.builtin import fetch, read_rotten_tomatoes  # noqa: E402
 from triadapt_runner.tasks.data.loading import as_instructions  # noqa: E402
 from triadapt_runner.tasks.specs import TASKS  # noqa: E402
-from triadapt_runner.distributed.processes import (init_processes, keep_units_whole, make_accelerator,  # noqa: E402
-                                         make_units_whole, model_building, zero_stage)
+from triadapt_runner.distributed.processes import init_processes  # noqa: E402
+from triadapt_runner.distributed.setup import setup_for  # noqa: E402
 from triadapt_runner.tasks.registry import kind_for  # noqa: E402
 from triadapt_runner.tasks.causal_lm import Collator, _sft_features, prepare_tokenizer  # noqa: E402
-from triadapt_runner.methods import method_for  # noqa: E402
+from triadapt_runner.methods.registry import method_for  # noqa: E402
 from triadapt_runner.models import model_path  # noqa: E402
-from triadapt_runner.training import _optimizer  # noqa: E402
+from triadapt_runner.training import _param_groups  # noqa: E402
 
 RANK = 8
 ADAPTER = {"triadapt": {"init_rank": RANK, "ref_rank": RANK, "threshold": "none"},  # rank 8 throughout
@@ -45,7 +45,8 @@ cfg = RunConfig.from_dict({
     "train": {"zero_stage": spec["stage"], "mixed_precision": spec["precision"], "batch_size": spec["batch_size"],
               "learning_rate": 1e-4, "weight_decay": 0.0},
     "adapter": {**ADAPTER[spec["approach"]], "lora_alpha": 16}})
-accelerator = make_accelerator(cfg.train)
+setup = setup_for(cfg.train)
+accelerator = setup.make_accelerator()
 cuda = accelerator.device.type == "cuda"
 task = TASKS["rotten_tomatoes_sft"]
 path = model_path(cfg.model)
@@ -63,17 +64,14 @@ def random_model(folder: str):
     return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
 
 
-with model_building(accelerator, cfg.train):
+with setup.building_model(accelerator):
     model = random_model(path) if spec.get("random_weights") else kind_for(task).build_model(path, task)
 total = spec["warmup"] + spec["steps"]
 adapted = method_for(cfg).attach(model, cfg, total)
 trainable = adapted.trained_parameters()  # before ZeRO-3 partitions them (numel 0 afterwards)
-optimizer = _optimizer(adapted.model, cfg)
-persistent = adapted.persistent_params()
-keep_units_whole(accelerator, max((p.numel() for p in persistent), default=0))
-model, optimizer = accelerator.prepare(adapted.model, optimizer)
-if zero_stage(accelerator) == 3 and persistent:
-    make_units_whole(persistent)
+optimizer = setup.optimizer(_param_groups(adapted.model, cfg.train.weight_decay))
+prepared = setup.prepare(accelerator, adapted, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+model, optimizer = prepared.model, prepared.optimizer
 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
 model.train()
 if cuda:

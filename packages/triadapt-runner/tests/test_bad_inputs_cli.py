@@ -40,7 +40,14 @@ CASES = [
     ("compare-grid-not-in-experiment", ["compare", "--grid", "nope", "--experiment", "triadapt"],
      r"grid='nope' is invalid: no grid of that name in experiment 'triadapt'"),
     ("compare-unknown-parent", ["compare", "--parent", "0123456789abcdef"], r"parent='0123456789abcdef' is invalid"),
-    ("compare-unknown-metric", ["compare", "--grid", "g", "--metric", "bleu"], r"metric='bleu' is invalid for run"),
+    ("compare-unknown-metric", ["compare", "--grid", "g", "--metric", "bleu"],
+     r"metric='bleu' is invalid: use main, a metric of the runs' tasks \(accuracy, f1\) or a run metric \(rank_use, "),
+    ("compare-metric-typo", ["compare", "--grid", "g", "--metric", "accuray"],
+     r"metric='accuray' is invalid: use main"),
+    ("compare-metric-the-run-lacks", ["compare", "--grid", "g", "--metric", "f1"],
+     r"metric='f1' is invalid for run \w+ \(m, rotten_tomatoes\): it has accuracy"),
+    ("select-metric-typo-dry-run", ["ablate", "{typo_grid}", "--dry-run"],
+     r"typo.yaml: select.metric='accuray' is invalid: use main or a metric every row reports \(accuracy, f1\)"),
     ("data-fetch-unknown", ["data", "fetch", "imdb"], r"dataset='imdb' is not built in: built-in datasets are"),
     ("data-without-action", ["data"], r"triadapt data: error: the following arguments are required: ACTION"),
     ("dry-run-invalid-cell", ["ablate", "{bad_grid}", "--dry-run"], r"bad.yaml: 1 of 1 cells are invalid"),
@@ -52,6 +59,9 @@ def test_bad_argument(argv, pattern, files, populated_store, capsys, monkeypatch
     monkeypatch.chdir(files["tmp"])
     files["bad_grid"] = write_yaml(files["tmp"] / "bad.yaml", {
         "name": "bad", "base": {"task": "rotten_tomatoes", **TINY, "adapter": {"total_budget": 4}}})
+    files["typo_grid"] = write_yaml(files["tmp"] / "typo.yaml", {
+        "name": "typo", "base": {"task": "rotten_tomatoes", **TINY},
+        "select": {"axis": "train.learning_rate", "values": [1e-4, 1e-3], "metric": "accuray"}})
     argv = [a.format(**files) for a in argv]
     if argv and argv[0] in ("train", "ablate", "compare", "demo") and "--dry-run" not in argv:
         argv += ["--tracking-uri", populated_store]

@@ -27,6 +27,13 @@ CASES = [
     ("task", {"task": "imdb"}, r"data.task='imdb' is invalid: known tasks are"),
     ("max-length", {"data.max_length": 4}, r"data.max_length=4 is invalid: must be an integer in \[8, 8192\]"),
     ("validation-fraction", {"data.validation_fraction": 1.5}, r"data.validation_fraction=1.5 is invalid"),
+    ("validation-fraction-word", {"data.validation_fraction": "abc"},
+     r"data.validation_fraction='abc' is invalid: must be a number in \(0, 1\)"),
+    ("kind-of-a-builtin-task", {"data.kind": "regression"},
+     r"data.kind='regression' is invalid: task 'rotten_tomatoes' is built in, of kind 'single'; data.kind is for "
+     r"custom data \(data.task=custom\)"),
+    ("kind-unknown", {"data.kind": "multi"},
+     r"data.kind='multi' is invalid: use one of single, pair, regression, sft, lm"),
     ("max-train-samples", {"data.max_train_samples": 0}, r"data.max_train_samples=0 is invalid"),
     ("unknown-scorer", {"adapter.scorer": "gradnorm"}, r"adapter.scorer='gradnorm' is unknown: available scorers"),
     ("growth-interval", {"adapter.growth_interval": 0}, r"adapter.growth_interval=0 is invalid: must be >= 1"),

@@ -8,11 +8,13 @@ from triadapt_runner.tracking.runs import Tracker
 
 
 def add_run(tracker, parent, method, task, seed, value, config_hash="c1", metric="result_accuracy", selection=None,
-            device=None):
+            device=None, params=None):
     tags = {"triadapt.role": "cell", "triadapt.method": method, "triadapt.task": task, "triadapt.seed": str(seed),
             "triadapt.config_hash": config_hash, **({"triadapt.selection": selection} if selection else {}),
             **({"triadapt.device": device} if device else {})}
     run_id = tracker.start_run(f"{method}-{task}-{seed}", tags, parent)
+    if params:
+        tracker.log_params(run_id, params)
     tracker.log_metrics(run_id, {metric: value}, 1)
     tracker.end_run(run_id)
 
@@ -160,3 +162,32 @@ def test_each_repeated_baseline_gets_its_own_columns_csv_lines_and_artifact_name
     assert pairs[("inc t0=38", "inc t0=4")] == pytest.approx(-0.02)
     logged = {a.path for a in tracker.client.list_artifacts(parent)}
     assert "compare-main-vs-tri_t0_4-vs-inc_t0_4.csv" in logged
+
+
+def test_custom_data_is_shown_by_its_kind(tracker):
+    """A custom regression task's main metric is pearson (in per cent); a custom lm task's is perplexity (raw, four
+    decimals): the run's data.kind decides, not an accuracy default."""
+    for seed, (r, ppl) in enumerate([(0.52, 1.2015), (0.56, 1.2227)]):
+        add_run(tracker, None, "reg", "custom", seed, r, metric="result_pearson",
+                params={"data": {"kind": "regression"}})
+        add_run(tracker, None, "lm", "custom", seed, ppl, metric="result_perplexity", params={"data": {"kind": "lm"}})
+    regression = build_table([r for r in collect_runs(tracker) if r.data.tags["triadapt.method"] == "reg"])
+    assert "custom (pearson)" in regression.terminal() and "54.00 ± 2.83 (n=2)" in regression.terminal()
+    lm = build_table([r for r in collect_runs(tracker) if r.data.tags["triadapt.method"] == "lm"])
+    assert "custom (perplexity)" in lm.terminal() and "1.2121 ± 0.0150 (n=2)" in lm.terminal()
+    assert lm.csv().splitlines()[1].startswith("lm,custom,perplexity,1.212100")
+
+
+def test_an_explicit_perplexity_is_shown_like_main(tracker):
+    for seed, value in enumerate([1.2015, 1.2227]):
+        add_run(tracker, None, "tri", "rotten_tomatoes_sft", seed, value, metric="result_perplexity")
+    text = build_table(collect_runs(tracker), metric="perplexity").terminal()
+    assert "rotten_tomatoes_sft (perplexity)" in text and "1.2121 ± 0.0150 (n=2)" in text
+
+
+def test_a_metric_no_run_reports_is_refused_with_the_valid_ones(tracker):
+    add_run(tracker, None, "tri", "rotten_tomatoes", 0, 0.8)
+    add_run(tracker, None, "tri", "stsb", 0, 0.8, metric="result_pearson")
+    with pytest.raises(RunnerError, match=r"^metric='accuray' is invalid: use main, a metric of the runs' tasks "
+                                          r"\(accuracy, f1, pearson, spearman\) or a run metric \(rank_use, "):
+        build_table(collect_runs(tracker), metric="accuray")

@@ -124,3 +124,43 @@ def test_hub_unreachable_offline_names_the_local_alternative(monkeypatch):
         load_task(DataConfig(task="rte"))
     with pytest.raises(RunnerError, match="task 'squad_v2': cannot load rajpurkar/squad_v2 .*data.train_file"):
         load_task(DataConfig(task="squad_v2"))
+
+
+def test_custom_regression_reads_float_labels_and_scores_by_correlation(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,score\nx,y,0.5\nz,w,4\n")
+    spec, splits = load_task(DataConfig(task="custom", kind="regression", train_file=str(path),
+                                        validation_file=str(path), text_column="a", text_pair_column="b",
+                                        label_column="score"))
+    assert splits["train"][0] == {"text": "x", "text_pair": "y", "label": 0.5}
+    assert (spec.kind, spec.num_labels, spec.metrics, spec.main_metric) == ("regression", 1, ("pearson", "spearman"),
+                                                                            "pearson")
+
+
+@pytest.mark.parametrize("kind,text,row,metrics", [
+    ("sft", "prompt,response\np,r\n", {"prompt": "p", "response": "r"}, ("loss", "perplexity")),
+    ("lm", "text\nsome text\n", {"text": "some text"}, ("loss", "perplexity")),
+    ("pair", "text,hyp,label\nx,y,1\nz,w,0\n", {"text": "x", "text_pair": "y", "label": 1}, ("accuracy", "f1")),
+])
+def test_custom_files_are_read_by_their_kind(kind, text, row, metrics, tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    spec, splits = load_task(DataConfig(task="custom", kind=kind, train_file=str(path), validation_file=str(path),
+                                        text_pair_column="hyp"))
+    assert splits["train"][0] == row and spec.metrics == metrics and spec.kind == kind
+
+
+def test_data_kind_is_for_custom_data():
+    """The default data.kind never clashes with a built-in task; the task's own kind is accepted; another is refused."""
+    assert DataConfig(task="mrpc").kind == "single"  # the default, with a pair task: not a choice of the user
+    DataConfig(task="rotten_tomatoes", kind="single")
+    DataConfig(task="rotten_tomatoes_sft", kind="sft")
+    with pytest.raises(RunnerError, match=r"^data.kind='lm' is invalid: task 'rotten_tomatoes_sft' is built in, of "
+                                          r"kind 'sft'; data.kind is for custom data \(data.task=custom\)$"):
+        DataConfig(task="rotten_tomatoes_sft", kind="lm")
+
+
+@pytest.mark.parametrize("value", ["abc", None, [0.1], True])
+def test_validation_fraction_must_be_a_number(value):
+    with pytest.raises(RunnerError, match=r"^data.validation_fraction=.* is invalid: must be a number in \(0, 1\)$"):
+        DataConfig(validation_fraction=value)

@@ -83,3 +83,19 @@ def test_tracking_uri_defaults(monkeypatch, tmp_path):
     assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert default_tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_the_adapter_config_is_resolved_once_per_cell(monkeypatch):
+    """Checks, plan, attach and tags of a cell all get one resolved TriAdaptConfig per T (not one each)."""
+    from triadapt import TriAdaptConfig
+    from triadapt_runner.config import RunConfig
+
+    built = []
+    original = TriAdaptConfig.from_dict.__func__
+    monkeypatch.setattr(TriAdaptConfig, "from_dict", classmethod(lambda cls, d: built.append(d) or original(cls, d)))
+    cfg = RunConfig.from_dict({"task": "rotten_tomatoes", "adapter": {"ref_rank": 2}})
+    first = len(built)
+    assert cfg.adapter_config(None) is cfg.adapter_config(None) and len(built) == first
+    with_t = cfg.adapter_config(100)
+    assert with_t is cfg.adapter_config(100) and with_t.total_steps == 100 and len(built) == first + 1
+    assert cfg.adapter_config(200) is not with_t  # another T: another config

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from triadapt_runner.distributed.processes import uses_deepspeed
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -46,8 +45,8 @@ class Progress:
 
 
 class Checkpointer:
-    def __init__(self, accelerator: Accelerator, root: str | Path, keep: int = 2):
-        self.accelerator, self.root, self.keep = accelerator, Path(root), keep
+    def __init__(self, accelerator: Accelerator, root: str | Path, setup: Any, keep: int = 2):
+        self.accelerator, self.root, self.setup, self.keep = accelerator, Path(root), setup, keep
 
     def latest(self) -> Path | None:
         found = sorted((int(m.group(1)), p) for p in self.root.glob("step-*") if (m := STEP_DIR.match(p.name)))
@@ -60,8 +59,7 @@ class Checkpointer:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         acc.wait_for_everyone()
-        kwargs = {"exclude_frozen_parameters": True} if uses_deepspeed(acc) else {}
-        acc.save_state(str(partial), **kwargs)
+        acc.save_state(str(partial), **self.setup.save_state_kwargs())
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
@@ -71,8 +69,7 @@ class Checkpointer:
         return final
 
     def load(self, path: Path, progress: Progress) -> None:
-        kwargs = {"load_module_strict": False} if uses_deepspeed(self.accelerator) else {"strict": False}
-        self.accelerator.load_state(str(path), **kwargs)
+        self.accelerator.load_state(str(path), **self.setup.load_state_kwargs())
         # accelerate restored each process's own RNG states; building the data iterator consumes random
         # numbers, so the loop sets this process's state again afterwards
         progress.torch_rng = torch.get_rng_state()

@@ -67,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--force", action="store_true", help="start a new parent run if the spec changed")
     ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
     ablate.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run up to N cells at once, each in a worker process, each as soon as it can (default 1; "
-                             "they share the CPU cores and the first visible GPU)")
+                        help="run up to N cells at once, each in a worker process, each as soon as it can (default 1); "
+                             "each holds its share of the CPU cores and, with GPUs, GPUs of its own")
+    ablate.add_argument("--gpus-per-cell", type=float, default=1.0, metavar="G",
+                        help="with --jobs on a GPU machine: whole GPUs per process of a cell (default 1), or a "
+                             "fraction 1/k of one GPU so that k small cells share it (e.g. 0.25)")
     _checkpoint_arg(ablate)
     _tracking_args(ablate, default_experiment=None)
     ablate.set_defaults(handler=_ablate)
@@ -150,9 +153,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _ablate(args: argparse.Namespace) -> int:
     from triadapt_runner.grid.spec import load_grid
-    from triadapt_runner.grid.workers import check_jobs
+    from triadapt_runner.grid.placement import check_gpus_per_cell, check_jobs
 
     check_jobs(args.jobs)
+    check_gpus_per_cell(args.gpus_per_cell)
     spec = load_grid(args.grid)
     if args.dry_run:
         from triadapt_runner.errors import RunnerError
@@ -173,7 +177,8 @@ def _ablate(args: argparse.Namespace) -> int:
     main = is_main_process()
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment or spec.experiment), share=False)
     outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast,
-                       progress=not args.no_progress, checkpoint_root=args.checkpoint_dir, jobs=args.jobs)
+                       progress=not args.no_progress, checkpoint_root=args.checkpoint_dir, jobs=args.jobs,
+                       gpus_per_cell=args.gpus_per_cell)
     if not outcome.failed:
         leave_processes()
     if main:
@@ -237,23 +242,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _plugins(args: argparse.Namespace) -> int:
     from triadapt.plugins import Registry
+    from triadapt_runner.methods.registry import MethodRegistry
 
     registry = Registry(strict=args.strict or None)
     for info in registry.plugins():
         strategies = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.strategies.items()) or "no strategies"
         status = f"ERROR {info.error}" if info.error else strategies
         print(f"{info.name:<24} {info.distribution} {info.version:<8} {status}")
+    for method_info in MethodRegistry(strict=args.strict or None).plugins():
+        status = f"ERROR {method_info.error}" if method_info.error else f"methods: {', '.join(method_info.methods)}"
+        print(f"{method_info.name:<24} {method_info.distribution} {method_info.version:<8} {status}")
     return 0
 
 
 def _data_list(args: argparse.Namespace) -> int:
     from triadapt_runner.tasks.data.builtin import SOURCES, cached_path
+    from triadapt_runner.tasks.registry import kind_for
     from triadapt_runner.tasks.specs import TASKS
     from triadapt_runner.models import BUILTIN_MODELS, is_cached
 
     print("tasks:")
     for task in TASKS.values():
-        print(f"  {task.name:<16} {task.kind:<10} labels={task.num_labels} metrics={','.join(task.metrics):<18} "
+        print(f"  {task.name:<16} {kind_for(task).label:<10} labels={task.num_labels} "
+              f"metrics={','.join(task.metrics):<18} "
               f"{task.description}")
     print("  custom           any CSV/JSON/Parquet: data.train_file, data.validation_file, column mapping")
     print("built-in datasets (offline):")

@@ -2,10 +2,11 @@
 
 Built from nested dicts (YAML) or dotted overrides (``train.epochs=3``); ``task`` is a
 shortcut for ``data.task``. ``approach`` names the method (``triadapt``, ``increlora-style``,
-``peft-lora``, ``peft-adalora``, ``full-finetune``; see `triadapt_runner.methods`) and
-``approach_options`` its own options. The adapter section holds `triadapt.TriAdaptConfig`
-fields; ``total_steps`` is derived by the runner, and ``warmup_steps`` / ``growth_interval``
-default to t0 = ΔT = T / 50 (`triadapt.config.regime_interval`), the paper's growth regime.
+``peft-lora``, ``peft-adalora``, ``full-finetune``, and ``peft``: any peft tuner, named with its fields
+in a ``peft:`` section; see `triadapt_runner.methods`) and ``approach_options`` its own options. The
+adapter section holds `triadapt.TriAdaptConfig` fields; ``total_steps`` is derived by the runner, and
+``warmup_steps`` / ``growth_interval`` default to t0 = ΔT = T / 50 (`triadapt.config.regime_interval`),
+the paper's growth regime.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 from triadapt import TriAdaptConfig
 from triadapt.config import regime_interval
+from triadapt_runner.tasks.registry import DEFAULT_KIND, KINDS, custom_kinds, kind_of
 from triadapt_runner.tasks.specs import TASKS
+from triadapt_runner.distributed.deepspeed_config import configured_stage, read_deepspeed_config
 from triadapt_runner.errors import RunnerError, invalid
 from triadapt_runner.models import DEFAULT_MODEL
-
-KINDS = ("single", "pair", "regression", "sft", "lm")  # sft: prompt/response records; lm: plain text
 
 
 @dataclass
@@ -31,7 +32,7 @@ class DataConfig:
     glue_dir: str | None = None
     train_file: str | None = None
     validation_file: str | None = None
-    kind: str = "single"
+    kind: str = DEFAULT_KIND  # of custom data (data.task=custom); a built-in task has its own (`triadapt tasks`)
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -51,18 +52,21 @@ class DataConfig:
         if self.task == "custom" and not (self.train_file and self.validation_file):
             raise invalid("data.train_file", self.train_file, "task 'custom' needs data.train_file and "
                                                               "data.validation_file")
-        if TASKS.get(self.task) and TASKS[self.task].is_qa and bool(self.train_file) != bool(self.validation_file):
+        if not isinstance(self.kind, str) or self.kind not in custom_kinds():
+            raise invalid("data.kind", self.kind, f"use one of {', '.join(custom_kinds())}")
+        if self.task in TASKS and self.kind != DEFAULT_KIND and KINDS[self.kind] is not kind_of(self):
+            raise invalid("data.kind", self.kind, f"task {self.task!r} is built in, of kind {kind_of(self).key!r}; "
+                                                  f"data.kind is for custom data (data.task=custom)")
+        kind = kind_of(self)
+        if kind.both_files and bool(self.train_file) != bool(self.validation_file):
             raise invalid("data.validation_file", self.validation_file, "give both data.train_file and "
                                                                         "data.validation_file (SQuAD JSON), or neither")
-        qa = bool(TASKS.get(self.task) and TASKS[self.task].is_qa)
-        if qa and self.doc_stride is not None and (not _is_int(self.doc_stride)
-                                                   or not 0 < self.doc_stride < self.max_length):
+        if kind.windows and self.doc_stride is not None and (not _is_int(self.doc_stride)
+                                                             or not 0 < self.doc_stride < self.max_length):
             raise invalid("data.doc_stride", self.doc_stride, f"must be an integer in (0, max_length={self.max_length})")
-        if self.kind not in KINDS:
-            raise invalid("data.kind", self.kind, f"use one of {', '.join(KINDS)}")
         if not isinstance(self.packing, bool):
             raise invalid("data.packing", self.packing, "must be true or false")
-        if self.packing and self.kind != "lm" and not (TASKS.get(self.task) and TASKS[self.task].kind == "lm"):
+        if self.packing and not kind.packing:
             raise invalid("data.packing", self.packing, "packing is for plain-text language modelling (data.kind lm)")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
@@ -70,8 +74,8 @@ class DataConfig:
                 raise invalid(f"data.{name}", value, "must be a positive integer or null")
         if not _is_int(self.max_length) or not 8 <= self.max_length <= 8192:
             raise invalid("data.max_length", self.max_length, "must be an integer in [8, 8192]")
-        if not 0 < self.validation_fraction < 1:
-            raise invalid("data.validation_fraction", self.validation_fraction, "must be in (0, 1)")
+        if not _is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+            raise invalid("data.validation_fraction", self.validation_fraction, "must be a number in (0, 1)")
 
 
 @dataclass
@@ -95,6 +99,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant: adapters get gradients)
     deepspeed_config: str | None = None  # a DeepSpeed JSON config; the fields above override its values
     checkpoint_every: int | None = None  # optimizer steps between checkpoints (null: at every growth interval)
+    num_processes: int = 1  # > 1: the runner starts the run as a job of that many processes (DDP or DeepSpeed)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_every"):
@@ -127,6 +132,12 @@ class TrainConfig:
             raise invalid("train.zero3_init", self.zero3_init, "needs train.zero_stage 3 (partitioned building is ZeRO-3)")
         if self.deepspeed_config is not None:
             read_deepspeed_config(self.deepspeed_config)
+        if not _is_int(self.num_processes) or self.num_processes < 1:
+            raise invalid("train.num_processes", self.num_processes, "must be a positive integer (processes of the run: "
+                                                                     "1, or k > 1 for a k-process DDP/DeepSpeed job)")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise invalid("train.threads", self.threads, "must be a positive integer (CPU threads), or null for torch's "
+                                                         "default")
         if self.checkpoint_every is not None and (not _is_int(self.checkpoint_every) or self.checkpoint_every < 1):
             raise invalid("train.checkpoint_every", self.checkpoint_every, "must be a positive integer or null")
         if self.mixed_precision not in ("no", "bf16"):
@@ -142,28 +153,33 @@ class RunConfig:
     model: str = DEFAULT_MODEL
     quantization: str | None = None  # written model.quantization (``model: {name: ..., quantization: 4bit}``)
     method: str | None = None  # row label in comparisons; defaults to a summary of the approach
-    approach: str = "triadapt"  # triadapt | increlora-style | peft-lora | peft-adalora | full-finetune
+    approach: str = "triadapt"  # triadapt | increlora-style | peft-lora | peft-adalora | full-finetune | peft
     approach_options: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adapter: dict[str, Any] = field(default_factory=dict)
+    peft: dict[str, Any] | None = None  # approach peft: peft_type and the tuner's fields (to_dict omits it unset)
 
     def __post_init__(self) -> None:
-        from triadapt_runner.methods import APPROACHES
+        from triadapt_runner.methods.registry import methods
 
-        if self.approach not in APPROACHES:
-            raise invalid("approach", self.approach, f"use one of {', '.join(APPROACHES)}")
+        method = methods().get(self.approach)  # an unknown name: one line listing the valid ones
         if not isinstance(self.approach_options, dict):
             raise invalid("approach_options", self.approach_options, "must be a mapping")
-        allowed = APPROACHES[self.approach].options
+        allowed = method.options
         unknown = sorted(set(self.approach_options) - set(allowed))
         if unknown:
             raise invalid(f"approach_options.{unknown[0]}", self.approach_options[unknown[0]],
                           f"approach {self.approach!r} takes " + (", ".join(sorted(allowed)) or "no options"))
         if not isinstance(self.adapter, dict):
             raise invalid("adapter", self.adapter, "must be a mapping of TriAdaptConfig fields")
-        self._check_quantization(APPROACHES[self.approach])
-        APPROACHES[self.approach].validate(self)  # the adapter section, as this approach reads it
+        if self.peft is not None and not isinstance(self.peft, dict):
+            raise invalid("peft", self.peft, "must be a mapping: peft_type and that tuner's fields")
+        if self.peft is not None and self.approach != "peft":
+            raise invalid("peft", self.peft, f"only approach 'peft' reads a peft: section (approach is "
+                                             f"{self.approach!r}); remove it or set approach: peft")
+        self._check_quantization(method)
+        method.validate(self)  # the adapter section, as this approach reads it
 
     def _check_quantization(self, method: Any) -> None:
         if self.quantization is None:
@@ -173,19 +189,30 @@ class RunConfig:
         if not method.trains_quantized_base:
             raise invalid("model.quantization", self.quantization, f"approach {self.approach!r} trains the base "
                                                                    f"weights, which cannot be quantised; use an adapter")
-        if self.train.zero_stage == 3 or _deepspeed_stage(self.train.deepspeed_config) == 3:
+        if configured_stage(self.train) == 3:
             raise invalid("model.quantization", self.quantization, "cannot be combined with DeepSpeed ZeRO-3, which "
                                                                    "partitions the base weights (use ZeRO 0-2)")
 
     @property
     def label(self) -> str:
-        from triadapt_runner.methods import APPROACHES
+        from triadapt_runner.methods.registry import methods
 
-        return self.method or APPROACHES[self.approach].label(self)
+        return self.method or methods().get(self.approach).label(self)
 
     def adapter_config(self, total_steps: int | None, fields: dict[str, Any] | None = None) -> TriAdaptConfig:
-        """The TriAdaptConfig of the adapter section (or of ``fields``), T and the regime defaults set."""
+        """The TriAdaptConfig of the adapter section (or of ``fields``), T and the regime defaults set.
+
+        Resolved once per cell: the method's checks, its plan, its attach and its tags ask again and get
+        the same config object (treat it as read-only), keyed by everything it is made from.
+        """
         fields = dict(self.adapter if fields is None else fields)
+        key = json.dumps([total_steps, self.train.seed, fields], sort_keys=True, default=repr)
+        resolved = vars(self).setdefault("_resolved_adapter_configs", {})  # not a field: never hashed or logged
+        if key not in resolved:
+            resolved[key] = self._resolve_adapter_config(total_steps, fields)
+        return resolved[key]
+
+    def _resolve_adapter_config(self, total_steps: int | None, fields: dict[str, Any]) -> TriAdaptConfig:
         if total_steps is not None:  # explicit (the core's rule), so saved adapters and cell configs show them
             fields.setdefault("warmup_steps", regime_interval(total_steps))
             fields.setdefault("growth_interval", regime_interval(total_steps))
@@ -206,6 +233,8 @@ class RunConfig:
         quantization = data.pop("quantization")
         if quantization is not None:
             data["model"] = {"name": self.model, "quantization": quantization}
+        if data["peft"] is None:  # as before the section existed: the params of every other run stay as they were
+            del data["peft"]
         return data
 
     def config_hash(self, with_seed: bool = False) -> str:
@@ -270,13 +299,14 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def valid_keys() -> list[str]:
-    from triadapt_runner.methods import APPROACHES
+    from triadapt_runner.methods.registry import methods
 
-    keys = ["model", "model.quantization", "method", "approach", "task"]
-    keys += sorted({f"approach_options.{name}" for method in APPROACHES.values() for name in method.options})
+    keys = ["model", "model.quantization", "method", "approach", "task", "peft", "peft.peft_type"]
+    keys += sorted({f"approach_options.{name}" for approach in methods().names()
+                    for name in methods().get(approach).options})
     keys += [f"data.{f.name}" for f in dataclasses.fields(DataConfig)]
     keys += [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)]
-    keys += [f"adapter.{f.name}" for f in dataclasses.fields(TriAdaptConfig)]
+    keys += [f"adapter.{f.name}" for f in dataclasses.fields(TriAdaptConfig) if f.init]
     return keys
 
 
@@ -285,28 +315,6 @@ def _reject_unknown(prefix: str, data: dict[str, Any], known: set[str]) -> None:
     if unknown:
         raise RunnerError(f"{prefix}{unknown[0]}={data[unknown[0]]!r} is invalid: unknown key; "
                           f"valid keys are {', '.join(prefix + k for k in sorted(known))}")
-
-
-def read_deepspeed_config(path: str) -> dict[str, Any]:
-    """The JSON object in ``path``; a missing file, bad JSON or fp16 is a one-line error."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (FileNotFoundError, IsADirectoryError):
-        raise invalid("train.deepspeed_config", path, "no such file; give the path of a DeepSpeed JSON config") from None
-    except json.JSONDecodeError as exc:
-        raise invalid("train.deepspeed_config", path, f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise invalid("train.deepspeed_config", path, "must hold a JSON object")
-    if (data.get("fp16") or {}).get("enabled"):
-        raise invalid("train.deepspeed_config", path, "fp16 is not supported; use bf16 (\"bf16\": {\"enabled\": true})")
-    return data
-
-
-def _deepspeed_stage(path: str | None) -> int | None:
-    if path is None:
-        return None
-    return (read_deepspeed_config(path).get("zero_optimization") or {}).get("stage")
 
 
 def _is_int(value: Any) -> bool:

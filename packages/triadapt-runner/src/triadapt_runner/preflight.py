@@ -66,21 +66,34 @@ class Preflight:
 
     def _check(self, cell: Cell) -> CellCheck:
         from triadapt_runner.tasks.registry import kind_for
-        from triadapt_runner.methods import method_for
+        from triadapt_runner.distributed.setup import setup_for
+        from triadapt_runner.methods.registry import method_for
 
         cfg = cell.config
         method = method_for(cfg)
-        if not method.distributed and (self.world > 1 or cfg.train.zero_stage is not None or cfg.train.deepspeed_config):
-            raise RunnerError(f"approach={cfg.approach!r} is invalid in a multi-process or DeepSpeed run: the peers "
-                              f"run in one process; only approach 'triadapt' runs under DDP and DeepSpeed")
+        world = self._world(cfg)
+        setup_for(cfg.train, world).check(cfg, method)
         task, rows = self._data(cfg.data)
         kind = kind_for(task)
         quantization.check(cfg, kind)
         items = kind.count_train_items(cfg, task, rows, lambda: self._tokenizer(cfg.model))
-        total = optimizer_steps(items, cfg.train, self.world)
+        total = optimizer_steps(items, cfg.train, world)
         model = self._model(cfg.model, kind, task)
         kind.check(cfg, task, model)
         return CellCheck(cell, total, method.plan(model, cfg, total))
+
+    def _world(self, cfg: Any) -> int:
+        """The run's world size: the launcher's, or the job the runner starts for ``train.num_processes``."""
+        processes = cfg.train.num_processes
+        if processes > 1 and self.world > 1:
+            raise RunnerError(f"train.num_processes={processes} is invalid under a multi-process launch (world size "
+                              f"{self.world}): the runner starts such a cell's processes itself; run a plain "
+                              f"`triadapt` command")
+        if processes > 1:
+            from triadapt_runner.grid.placement import Devices
+
+            Devices.of_this_machine().check(processes)
+        return self.world if self.world > 1 else processes
 
     def _data(self, data: Any) -> Any:
         from triadapt_runner.tasks.data.loading import load_rows

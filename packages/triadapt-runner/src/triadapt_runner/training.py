@@ -26,11 +26,12 @@ from triadapt_runner import quantization
 from triadapt_runner.checkpointing import Checkpointer, Progress, trainable_only
 from triadapt_runner.config import RunConfig
 from triadapt_runner.tasks.data.loading import load_task
-from triadapt_runner.distributed.processes import (gather, install_grad_accessor, keep_units_whole, make_accelerator,
-                                         make_units_whole, model_building, uses_deepspeed, zero_stage)
+from triadapt_runner.distributed.processes import gather
+from triadapt_runner.distributed.setup import Prepared, ProcessSetup, setup_for
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.tasks.registry import kind_for
-from triadapt_runner.methods import Adapted, MethodPlan, method_for
+from triadapt_runner.methods.base import Adapted, MethodPlan
+from triadapt_runner.methods.registry import method_for
 from triadapt_runner.models import model_path
 from triadapt_runner.preflight import optimizer_steps
 from triadapt_runner.tracking.results import RunResult, finish
@@ -53,10 +54,8 @@ class Run:
     loaders: Any
     shuffle: torch.Generator  # the training loader's generator, reseeded per epoch
     adapted: Adapted
-    model: torch.nn.Module  # prepared (DDP / DeepSpeed engine)
-    optimizer: Any
-    scheduler: Any
-    engine: Any  # the DeepSpeed engine, else None
+    setup: ProcessSetup  # one process, DDP or DeepSpeed
+    prepared: Prepared  # model (DDP / DeepSpeed engine), optimizer and schedule after accelerator.prepare
     total_steps: int
     state: Progress = field(default_factory=Progress)
     step_times: list[float] = field(default_factory=list)
@@ -66,7 +65,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
               accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None) -> RunResult:
     """Train and evaluate one run; writes the adapter and plots to ``output_dir``.
 
-    The same code serves one process, DDP and DeepSpeed (see `triadapt_runner.distributed.processes`).
+    The same code serves one process, DDP and DeepSpeed (see `triadapt_runner.distributed.setup`).
     With ``checkpoint_dir``, the whole training state is saved there every
     ``train.checkpoint_every`` optimizer steps (default: at every growth event) and a rerun
     resumes from the latest complete checkpoint.
@@ -74,11 +73,12 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     hf_logging.set_verbosity_error()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    run = _set_up(cfg, accelerator or make_accelerator(cfg.train))
+    setup = setup_for(cfg.train, accelerator.num_processes if accelerator else None)
+    run = _set_up(cfg, accelerator or setup.make_accelerator(), setup)
     acc, state = run.accelerator, run.state
     acc.register_for_checkpointing(run.adapted, state)
-    acc.register_save_state_pre_hook(trainable_only(run.model))
-    checkpoints = Checkpointer(acc, checkpoint_dir) if checkpoint_dir else None
+    acc.register_save_state_pre_hook(trainable_only(run.prepared.model))
+    checkpoints = Checkpointer(acc, checkpoint_dir, setup) if checkpoint_dir else None
     resumed = checkpoints.latest() if checkpoints else None
     if resumed is not None:
         checkpoints.load(resumed, state)
@@ -89,7 +89,7 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
                disable=not (progress and acc.is_main_process), leave=False)
     for epoch in range(state.epoch, cfg.train.epochs + 1):
         _train_epoch(run, epoch, resumed is not None, log, bar, checkpoints)
-        evaluation = run.kind.evaluate(run.model, run.loaders, cfg, run.task, acc)
+        evaluation = run.kind.evaluate(run.prepared.model, run.loaders, cfg, run.task, acc)
         kept.update({name.replace(".json", f"-epoch{epoch}.json"): data for name, data in evaluation.per_epoch.items()})
         state.history.append({"epoch": epoch, **evaluation.scores})
         if log:
@@ -103,14 +103,14 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     return result
 
 
-def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
+def _set_up(cfg: RunConfig, accelerator: Accelerator, setup: ProcessSetup) -> Run:
     """Data, model, the method attached, optimizer and schedule, all prepared; T checked against the preflight's."""
     set_seed(cfg.train.seed)
     task, splits = load_task(cfg.data)
     kind = kind_for(task)
     tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.model))
     loaders = kind.build_loaders(cfg, task, splits, tokenizer)
-    with model_building(accelerator, cfg.train):  # ZeRO-3: partitioned as it is built, unless zero3_init is false
+    with setup.building_model(accelerator):  # ZeRO-3: partitioned as it is built, unless zero3_init is false
         model = kind.build_model(model_path(cfg.model), task, load=quantization.load_kwargs(cfg))
     if cfg.train.gradient_checkpointing:
         _checkpoint_activations(model, cfg)
@@ -125,19 +125,12 @@ def _set_up(cfg: RunConfig, accelerator: Accelerator) -> Run:
     method = method_for(cfg)
     _print_plan(accelerator, cfg, total_steps, method.plan(model, cfg, total_steps))
     adapted = method.attach(model, cfg, total_steps)
-    optimizer = _optimizer(adapted.model, cfg)
+    optimizer = setup.optimizer(_param_groups(adapted.model, cfg.train.weight_decay))
     world = accelerator.num_processes  # accelerate steps a prepared scheduler once per process
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total_steps) * world,
                                                 total_steps * world)
-    persistent = adapted.persistent_params()
-    keep_units_whole(accelerator, max((p.numel() for p in persistent), default=0))
-    model, optimizer, scheduler = accelerator.prepare(adapted.model, optimizer, scheduler)
-    if zero_stage(accelerator) == 3 and persistent:
-        make_units_whole(persistent)
-    install_grad_accessor(accelerator)
-    engine = model if uses_deepspeed(accelerator) else None
-    return Run(cfg, accelerator, task, kind, loaders, shuffle, adapted, model, optimizer, scheduler, engine,
-               total_steps)
+    prepared = setup.prepare(accelerator, adapted, optimizer, scheduler)
+    return Run(cfg, accelerator, task, kind, loaders, shuffle, adapted, setup, prepared, total_steps)
 
 
 def _checkpoint_activations(model: torch.nn.Module, cfg: RunConfig) -> None:
@@ -152,7 +145,7 @@ def _train_epoch(run: Run, epoch: int, resumed: bool, log: LogFn | None, bar: An
     """The optimizer steps of one epoch (from where a resumed run stopped), with logging and checkpoints."""
     cfg, acc, state, adapted = run.cfg, run.accelerator, run.state, run.adapted
     every = cfg.train.checkpoint_every or adapted.checkpoint_interval or regime_interval(run.total_steps)
-    run.model.train()
+    run.prepared.model.train()
     run.shuffle.manual_seed(cfg.train.seed + (epoch - 1) * 1_000_003)  # epoch 1: the seed itself
     skip = state.batches_in_epoch if epoch == state.epoch else 0
     batches = iter(acc.skip_first_batches(run.loaders.train, skip) if skip else run.loaders.train)
@@ -163,10 +156,10 @@ def _train_epoch(run: Run, epoch: int, resumed: bool, log: LogFn | None, bar: An
     started = time.perf_counter()
     for batch in batches:
         state.batches_in_epoch += 1
-        with acc.accumulate(run.model):
-            loss = run.model(**batch).loss
-            stepped, event = _backward_and_step(acc, run.engine, loss + adapted.extra_loss(), adapted, run.model,
-                                                run.optimizer, run.scheduler, cfg.train.max_grad_norm, state.step + 1)
+        with acc.accumulate(run.prepared.model):
+            loss = run.prepared.model(**batch).loss
+            stepped, event = run.setup.backward_and_step(acc, run.prepared, loss + adapted.extra_loss(), adapted,
+                                                         state.step + 1)
             if not stepped:
                 continue
         state.step += 1
@@ -175,41 +168,11 @@ def _train_epoch(run: Run, epoch: int, resumed: bool, log: LogFn | None, bar: An
             check_same_ranks(acc, adapted, state.step)
         bar.update(1)
         if log and (state.step % cfg.train.log_every == 0 or event is not None or state.step == run.total_steps):
-            log({"loss": float(loss.detach()), "lr": float(run.scheduler.get_last_lr()[0]), **adapted.step_metrics()},
-                state.step)
+            lr = float(run.prepared.scheduler.get_last_lr()[0])
+            log({"loss": float(loss.detach()), "lr": lr, **adapted.step_metrics()}, state.step)
         if checkpoints and state.step % every == 0 and state.step < run.total_steps:
             checkpoints.save(state.step)
         started = time.perf_counter()
-
-
-def _backward_and_step(accelerator: Accelerator, engine: Any, loss: torch.Tensor, adapted: Adapted,
-                       model: torch.nn.Module, optimizer: Any, scheduler: Any, max_grad_norm: float,
-                       step: int) -> tuple[bool, Any]:
-    """Backward; at an accumulation boundary let the method see the gradients, step, then let it act on the step.
-
-    Returns (whether an optimizer step happened, the method's event). The method acts between
-    ``optimizer.step()`` and ``zero_grad()`` (gradients still there: AdaLoRA's allocation needs them).
-    """
-    sync = accelerator.sync_gradients
-    if engine is not None:  # DeepSpeed: gradients exist only between backward and engine.step()
-        engine.set_gradient_accumulation_boundary(is_boundary=sync)
-        engine.backward(loss)
-        if not sync:
-            return False, None
-        adapted.before_optimizer_step()
-        engine.step()  # clipping (from the DeepSpeed config), optimizer step, zero_grad
-        scheduler.step()  # accelerate keeps our LambdaLR outside the engine
-        return True, adapted.after_optimizer_step(step, engine.optimizer)
-    accelerator.backward(loss)
-    if sync:
-        adapted.before_optimizer_step()
-        if max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    event = adapted.after_optimizer_step(step, optimizer) if sync else None
-    optimizer.zero_grad(set_to_none=True)
-    return sync, event
 
 
 def check_same_ranks(accelerator: Accelerator, adapted: Adapted, step: int) -> None:
@@ -219,18 +182,6 @@ def check_same_ranks(accelerator: Accelerator, adapted: Adapted, step: int) -> N
         differing = [i for i, p in enumerate(patterns) if p != patterns[0]]
         raise RunnerError(f"processes {differing} took other growth decisions than process 0 at step "
                           f"{step}; scores must come from identical factors on every process")
-
-
-def _optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.train.weight_decay)
-    if cfg.train.offload_optimizer and torch.cuda.is_available():
-        from deepspeed.ops.adam import DeepSpeedCPUAdam  # the fast host optimizer for ZeRO-Offload
-
-        return DeepSpeedCPUAdam(groups, lr=cfg.train.learning_rate, adamw_mode=True)
-    # fused AdamW: one kernel over the many small rank-unit tensors (same maths as the for-loop version);
-    # DeepSpeed flattens the parameters into a few partitions itself, where the default implementation is used
-    fused = not (cfg.train.zero_stage is not None or cfg.train.deepspeed_config)
-    return torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -4,14 +4,16 @@
       axis: train.learning_rate       # any run-config key that is not an axis
       values: [1.0e-4, 5.0e-4, 2.5e-3]
       seeds: [0]                      # the seeds that choose (a subset of the grid's seeds)
-      metric: main                    # each task's main validation metric, or a metric name
+      metric: main                    # each task's main validation metric, or a metric every row reports
 
 A *row* is one combination of the grid's axes (method, task, …). For every row the grid first
 trains the selection seeds at every value, then chooses the value with the best mean
 validation metric over those seeds (ties: the first value listed), and trains the remaining
-seeds at the chosen value only. The chosen value and every score are logged on the parent run
-(``selection.json``); the runs of values not chosen are tagged ``triadapt.selection=rejected``
-and left out of ``compare``.
+seeds at the chosen value only. "Best" is the metric's direction by the task kind: loss and
+perplexity are minimised, every other metric maximised. The metric is checked when the grid is
+read (`check_metric`): a name no row reports would leave every row without a choice. The
+chosen value and every score are logged on the parent run (``selection.json``); the runs of
+values not chosen are tagged ``triadapt.selection=rejected`` and left out of ``compare``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ def parse_selection(source: str, data: Any, seeds: list[int], axis_keys: set[str
     if not isinstance(metric, str) or not metric:
         raise RunnerError(f"{source}: select.metric={metric!r} is invalid: 'main' or a metric name")
     return Selection(axis, tuple(values), tuple(chosen_by), metric)
+
+
+def check_metric(source: str, selection: Selection, cells: list[Any]) -> None:
+    """``select.metric`` is ``main`` or a metric the task of every row reports (the grid's resolved ``cells``)."""
+    from triadapt_runner.tasks.registry import reported_metrics
+    from triadapt_runner.tasks.specs import TASKS
+
+    metric = selection.metric
+    if metric == "main":
+        return
+    reported = {}  # task (custom data: with its kind) -> the metrics its runs report
+    for data in (cell.config.data for cell in cells):
+        task = data.task if data.task in TASKS else f"{data.task} (data.kind {data.kind})"
+        reported[task] = reported_metrics(data.task, data.kind)
+    common = [m for m in next(iter(reported.values()), ()) if all(m in r for r in reported.values())]
+    if metric in common:
+        return
+    without = [task for task, metrics in reported.items() if metric not in metrics]
+    valid = f"use main or a metric every row reports ({', '.join(common)})" if common else \
+        "use main (the rows' tasks report no metric in common)"
+    if len(without) < len(reported):
+        valid += f"; task {without[0]!r} reports {', '.join(reported[without[0]])}"
+    raise RunnerError(f"{source}: select.metric={metric!r} is invalid: {valid}")
 
 
 def choose(selection: Selection, scores: dict[str, dict[Any, list[float]]]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from triadapt_runner.config import RunConfig, apply_overrides, valid_keys
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.grid.selection import Selection, parse_selection
+from triadapt_runner.grid.selection import Selection, check_metric, parse_selection
 from triadapt_runner.yamlfile import read_yaml
 
 TOP_LEVEL = ("name", "experiment", "base", "axes", "seeds", "select", "description")
@@ -128,7 +128,9 @@ def parse_grid(data: Any, source: str = "<inline>") -> GridSpec:
         select = parse_selection(source, data["select"], seeds, {k for _, keys in axes for k in keys}, set(valid_keys()))
     spec = GridSpec(name=name, base=base, axes=axes, seeds=seeds, experiment=str(data.get("experiment", "triadapt")),
                     source=source, select=select)
-    spec.cells()  # resolve every cell now: a bad value fails before anything trains
+    cells = spec.cells()  # resolve every cell now: a bad value fails before anything trains
+    if select:
+        check_metric(source, select, cells)
     return spec
 
 

@@ -4,7 +4,9 @@ They adapt the same layers as TriAdaptLoRA (the run's ``adapter.target_modules``
 architecture's set), train the same heads, and match its budget: LoRA at r = r_ref on every
 matrix; AdaLoRA pruning from ``init_r`` to ``target_r`` = r_ref, so that its final total rank is
 TriAdaptLoRA's R0 = r_ref · M. They run in one process (no DDP or DeepSpeed: a multi-process
-launch is refused before training).
+launch is refused before training). LoRA and AdaLoRA are presets of ``approach: peft``
+(`triadapt_runner.methods.peft_tuners`): their peft config is built and checked the same way
+(`peft_config.build`), from the adapter section instead of a ``peft:`` section.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from triadapt.errors import TargetError
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.methods.base import Adapted, Method, MethodPlan, RankRecord
+from triadapt_runner.methods.peft_config import build as build_peft_config
 
 
 def _targets(model: torch.nn.Module, cfg: Any) -> tuple[list[str], list[str]]:
@@ -49,12 +52,13 @@ class PeftLora(Method):
         return MethodPlan(f"peft LoRA r={rank} on every matrix, no growth", len(names))
 
     def attach(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Adapted:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         names, heads = _targets(model, cfg)
         a = cfg.adapter_config(None)
-        config = LoraConfig(r=a.ref_rank, lora_alpha=a.lora_alpha, lora_dropout=a.dropout, target_modules=names,
-                            modules_to_save=heads or None)
+        fields = {"r": a.ref_rank, "lora_alpha": a.lora_alpha, "lora_dropout": a.dropout, "target_modules": names,
+                  "modules_to_save": heads or None}
+        config = build_peft_config("LORA", fields, prefix="adapter")  # from the checked adapter section
         return PeftAdapted(get_peft_model(model, config), {name: a.ref_rank for name in names}, a.ref_rank)
 
     def label(self, cfg: Any) -> str:
@@ -106,11 +110,12 @@ class PeftAdaLora(Method):
                           f"steps", len(names))
 
     def attach(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Adapted:
-        from peft import AdaLoraConfig, get_peft_model
+        from peft import get_peft_model
 
         names, heads = _targets(model, cfg)
         s = self.settings(cfg, total_steps)
-        config = AdaLoraConfig(target_modules=names, modules_to_save=heads or None, **s)
+        config = build_peft_config("ADALORA", {"target_modules": names, "modules_to_save": heads or None, **s},
+                                   given=list(cfg.approach_options), prefix="approach_options")
         return AdaLoraAdapted(get_peft_model(model, config), names, s)
 
     def label(self, cfg: Any) -> str:

@@ -157,7 +157,7 @@ class TriAdaptAdapted(Adapted):
         self.ctl.load_state_dict(state)
 
     def save(self, path: Path, accelerator: Any) -> bool:
-        from triadapt_runner.distributed.processes import save_adapter
+        from triadapt_runner.methods.adapter_saving import save_adapter
 
         save_adapter(self.ctl, path, accelerator)
         return True

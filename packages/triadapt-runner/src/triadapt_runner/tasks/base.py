@@ -24,11 +24,69 @@ class Evaluation:
 
 
 class TaskKind(ABC):
-    """One kind of task. Stateless: one instance serves every run of that kind."""
+    """One kind of task. Stateless: one instance serves every run of that kind.
 
-    name: str = ""
+    Besides training and scoring, a kind answers every question that depends on it (which
+    metrics it reports and in which direction each is better, how its user files are read,
+    which data options it takes, how `compare` shows its scores), so that the rest of the
+    runner asks the kind instead of testing its name (one object per kind string,
+    `triadapt_runner.tasks.registry`).
+    """
+
+    name: str = ""  # the model family (classification, causal_lm, extractive_qa): messages and cache keys
+    key: str = ""  # the kind string of TaskSpec.kind and data.kind (single, pair, regression, qa, sft, lm)
     auto_model: str = ""  # the transformers Auto class of this kind's model
     quantizable: bool = True  # its model may be loaded in 4 or 8 bits (model.quantization)
+    metrics: tuple[str, ...] = ()  # every metric custom data of this kind may report
+    main_metric: str = ""  # the main metric of custom data of this kind
+    extra_metrics: tuple[str, ...] = ()  # reported besides the task's declared metrics (QA: per answerability)
+    minimised: tuple[str, ...] = ()  # metrics where lower is better; every other metric is maximised
+    custom: bool = True  # user files may be of this kind (data.task=custom, data.kind=<key>)
+    pairs: bool = False  # its rows may hold a second text (text_pair)
+    packing: bool = False  # takes data.packing
+    both_files: bool = False  # a built-in task of this kind reads data.train_file and data.validation_file together
+    windows: bool = False  # long inputs are cut into overlapping windows (data.doc_stride)
+    raw_scores: bool = False  # `compare` shows its scores as they are, not fractions in per cent
+    decimals: int = 2  # decimals `compare` shows
+    label_type: str = "an integer class id"  # what a label of its user files must be (in errors)
+
+    @property
+    def label(self) -> str:
+        """How `triadapt tasks` names this kind."""
+        return self.key
+
+    def lower_is_better(self, metric: str) -> bool:
+        """Whether ``metric`` (a metric name, not ``main``) is minimised."""
+        return metric in self.minimised
+
+    def better(self, metric: str, a: float, b: float) -> bool:
+        """Whether value ``a`` of ``metric`` beats ``b``."""
+        return a < b if self.lower_is_better(metric) else a > b
+
+    def reported_metrics(self, task: TaskSpec) -> tuple[str, ...]:
+        """The metrics a run of ``task`` reports (``result_<metric>`` in MLflow)."""
+        return tuple(dict.fromkeys(task.metrics + self.extra_metrics))
+
+    def custom_task(self, data: Any, rows: dict[str, list[dict]]) -> TaskSpec:
+        """The task of user files of this kind (``rows``: their canonical rows); metrics follow the kind."""
+        raise NotImplementedError(f"task kind {self.key!r} does not read custom data")
+
+    def file_columns(self, data: Any) -> dict[str, str]:
+        """Canonical row key -> column of a user file, from the column mapping of ``data`` (a `DataConfig`)."""
+        return {"text": data.text_column, "label": data.label_column}
+
+    def parse_label(self, raw: Any, label_names: tuple[str, ...] = ()) -> int | float:
+        """A label as training reads it (ValueError/TypeError if it is not one)."""
+        return int(raw)
+
+    def from_labelled(self, rows: list[dict]) -> list[dict]:
+        """Rows of a built-in labelled dataset (text, label) in this kind's row layout."""
+        return rows
+
+    def read_splits(self, task: TaskSpec, data: Any) -> dict[str, list[dict]] | None:
+        """Built-in ``task``'s splits when this kind reads them its own way; None: the common sources
+        (built-in files, a GLUE folder, the hub)."""
+        return None
 
     def check(self, cfg: Any, task: TaskSpec, model: Any) -> None:
         """Refuse a run config this kind cannot train on ``model`` (its structure; may be on the meta device)."""

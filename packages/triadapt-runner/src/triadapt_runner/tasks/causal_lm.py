@@ -17,8 +17,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import torch
-
 from triadapt_runner.tasks.specs import TaskSpec
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.tasks.base import Evaluation, Loaders, TaskKind
@@ -30,8 +28,29 @@ IGNORE = -100
 
 
 class CausalLM(TaskKind):
+    """What both causal LM kinds share: the model, the loss and perplexity, the context check.
+
+    torch is imported where it is used, so that the registry (read by the config and the CLI) stays light.
+    """
+
     name = "causal_lm"
     auto_model = "AutoModelForCausalLM"
+    metrics = ("loss", "perplexity")
+    main_metric = "perplexity"
+    minimised = ("loss", "perplexity")
+    raw_scores = True  # a loss and a perplexity are not fractions
+    decimals = 4  # values near 1 whose differences lie in the third decimal
+
+    def custom_task(self, data: Any, rows: dict[str, list[dict]]) -> TaskSpec:
+        return TaskSpec("custom", self.key, 0, self.metrics, self.main_metric)
+
+    def features(self, rows: list[dict], tokenizer: Any, max_length: int, packing: bool) -> list[dict]:
+        """Training items (input ids and labels) of ``rows``."""
+        raise NotImplementedError
+
+    def generation_prompt(self, tokenizer: Any, row: dict) -> str:
+        """The text a validation row's generation continues."""
+        raise NotImplementedError
 
     def check(self, cfg: Any, task: TaskSpec, model: Any) -> None:
         context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -39,30 +58,30 @@ class CausalLM(TaskKind):
             raise RunnerError(f"data.max_length={cfg.data.max_length} is invalid: longer than the model's context "
                               f"of {context} tokens")
 
-    def count_train_items(self, cfg: Any, task: TaskSpec, rows: dict[str, list[dict]],
-                          tokenizer: Callable[[], Any]) -> int:
-        if task.kind == "lm" and cfg.data.packing:
-            return len(_blocks([_with_eos(prepare_tokenizer(tokenizer()), row["text"]) for row in rows["train"]],
-                               cfg.data.max_length))
-        return len(rows["train"])
-
     def build_loaders(self, cfg: Any, task: TaskSpec, splits: Any, tokenizer: Any) -> Loaders:
+        import torch
+
         tokenizer = prepare_tokenizer(tokenizer, announce=True)
-        encode = _sft_features if task.kind == "sft" else _lm_features
         loaders = []
         for name, shuffle, batch_size in (("train", True, cfg.train.batch_size),
                                           ("validation", False, cfg.train.eval_batch_size)):
-            features = encode(list(splits[name]), tokenizer, cfg.data.max_length, cfg.data.packing)
+            features = self.features(list(splits[name]), tokenizer, cfg.data.max_length, cfg.data.packing)
             generator = torch.Generator().manual_seed(cfg.train.seed)
             loaders.append(torch.utils.data.DataLoader(features, batch_size=batch_size, shuffle=shuffle,
                                                        collate_fn=Collator(tokenizer.pad_token_id),
                                                        generator=generator))
-        prompts = [_prompt_text(tokenizer, row["prompt"]) if task.kind == "sft" else row["text"][:200]
-                   for row in list(splits["validation"])[:GENERATIONS]]
+        prompts = [self.generation_prompt(tokenizer, row) for row in list(splits["validation"])[:GENERATIONS]]
         return Loaders(loaders[0], loaders[1], reference={"prompts": prompts, "tokenizer": tokenizer})
 
-    @torch.no_grad()
     def evaluate(self, model: Any, loaders: Loaders, cfg: Any, task: TaskSpec, accelerator: Any) -> Evaluation:
+        import torch
+
+        with torch.no_grad():
+            return self._evaluate(model, loaders, accelerator)
+
+    def _evaluate(self, model: Any, loaders: Loaders, accelerator: Any) -> Evaluation:
+        import torch
+
         model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (sum of token losses, tokens)
         for batch in loaders.evaluation:
@@ -76,6 +95,62 @@ class CausalLM(TaskKind):
         scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         generations = _generate(accelerator.unwrap_model(model), loaders.reference, accelerator)
         return Evaluation(scores, per_epoch={"generations.json": generations})
+
+
+class SupervisedFineTuning(CausalLM):
+    """``sft``: prompt/response records, the loss on the response."""
+
+    key = "sft"
+
+    def file_columns(self, data: Any) -> dict[str, str]:
+        return {"prompt": data.prompt_column, "response": data.response_column}
+
+    def from_labelled(self, rows: list[dict]) -> list[dict]:
+        return as_instructions(rows)
+
+    def features(self, rows: list[dict], tokenizer: Any, max_length: int, packing: bool) -> list[dict]:
+        return _sft_features(rows, tokenizer, max_length, packing)
+
+    def generation_prompt(self, tokenizer: Any, row: dict) -> str:
+        return _prompt_text(tokenizer, row["prompt"])
+
+
+class LanguageModelling(CausalLM):
+    """``lm``: plain texts, the loss on every token; with ``data.packing``, concatenated into full blocks."""
+
+    key = "lm"
+    packing = True
+
+    def file_columns(self, data: Any) -> dict[str, str]:
+        return {"text": data.text_column}
+
+    def from_labelled(self, rows: list[dict]) -> list[dict]:
+        return [{"text": row["text"]} for row in rows]
+
+    def count_train_items(self, cfg: Any, task: TaskSpec, rows: dict[str, list[dict]],
+                          tokenizer: Callable[[], Any]) -> int:
+        if cfg.data.packing:
+            return len(_blocks([_with_eos(prepare_tokenizer(tokenizer()), row["text"]) for row in rows["train"]],
+                               cfg.data.max_length))
+        return len(rows["train"])
+
+    def features(self, rows: list[dict], tokenizer: Any, max_length: int, packing: bool) -> list[dict]:
+        return _lm_features(rows, tokenizer, max_length, packing)
+
+    def generation_prompt(self, tokenizer: Any, row: dict) -> str:
+        return row["text"][:200]
+
+
+SFT = SupervisedFineTuning()
+LM = LanguageModelling()
+
+SENTIMENT = {0: "negative", 1: "positive"}
+
+
+def as_instructions(rows: list[dict]) -> list[dict]:
+    """Labelled reviews as prompt / response records: the review and the question, then the answer word."""
+    return [{"prompt": f"Is this movie review positive or negative?\n\n{row['text']}",
+             "response": SENTIMENT[row["label"]]} for row in rows]
 
 
 def prepare_tokenizer(tokenizer: Any, announce: bool = False) -> Any:
@@ -131,7 +206,9 @@ class Collator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        import torch
+
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)  # (B, L)
         labels = torch.full((len(features), width), IGNORE, dtype=torch.long)

@@ -1,11 +1,11 @@
-"""The task registry: what each task's data looks like and how it is scored.
+"""The task table: what each task's data looks like and how it is scored, as plain data.
 
-Kinds: ``single`` (one text, classification), ``pair`` (two texts, classification),
-``regression`` (two texts, a score), ``qa`` (extractive question answering, SQuAD format),
-``sft`` (causal LM on prompt/response records, the loss on the response) and ``lm`` (causal
-LM on plain text). The 8 GLUE tasks of the paper are declared with their
-hub names, the official TSV layout of the GLUE download, and their metrics; two built-in
-offline datasets are declared too. ``custom`` reads any CSV/JSON/Parquet file.
+A task names its kind (``single``, ``pair``, ``regression``, ``qa``, ``sft``, ``lm``); what
+depends on the kind (metric direction, file columns, options, display) is asked of the kind
+object (`triadapt_runner.tasks.registry`), never decided here. The 8 GLUE tasks of the paper
+are declared with their hub names, the official TSV layout of the GLUE download, and their
+metrics; the built-in offline datasets are declared too. ``custom`` reads any CSV/JSON/Parquet
+file, its metrics following its kind (`TaskKind.custom_task`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class GlueLayout:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    kind: str  # single | pair | regression
-    num_labels: int  # 1 for regression
+    kind: str  # the key of its TaskKind: single | pair | regression | qa | sft | lm
+    num_labels: int  # 1 for regression, 0 where there are no classes
     metrics: tuple[str, ...]
     main_metric: str
     hub: tuple[str, str] | None = None  # (dataset path, config name) on the Hugging Face hub
@@ -38,23 +38,38 @@ class TaskSpec:
     builtin: str | None = None
     description: str = ""
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
-    lower_is_better: bool = False  # the main metric (perplexity) is minimised
 
-    def better(self, a: float, b: float) -> bool:
-        """Whether main-metric value ``a`` beats ``b``."""
-        return a < b if self.lower_is_better else a > b
-
+    # -- 0.1.0's kind questions, kept for one minor version: ask the kind object instead ----------
     @property
     def is_regression(self) -> bool:
+        _deprecated("is_regression", "kind_for(task).key == 'regression'")
         return self.kind == "regression"
 
     @property
     def is_qa(self) -> bool:
+        _deprecated("is_qa", "kind_for(task).key == 'qa'")
         return self.kind == "qa"
 
     @property
     def is_causal_lm(self) -> bool:
+        _deprecated("is_causal_lm", "kind_for(task).key in ('sft', 'lm')")
         return self.kind in ("sft", "lm")
+
+    @property
+    def lower_is_better(self) -> bool:
+        _deprecated("lower_is_better", "kind_for(task).lower_is_better(task.main_metric)")
+        return self.main_metric in ("loss", "perplexity")
+
+    def better(self, a: float, b: float) -> bool:
+        _deprecated("better", "kind_for(task).better(task.main_metric, a, b)")
+        return a < b if self.main_metric in ("loss", "perplexity") else a > b
+
+
+def _deprecated(name: str, replacement: str) -> None:
+    import warnings
+
+    warnings.warn(f"TaskSpec.{name} is deprecated and will be removed in 0.3: use "
+                  f"triadapt_runner.tasks.registry.{replacement}", DeprecationWarning, stacklevel=3)
 
 
 NLI3 = ("entailment", "neutral", "contradiction")
@@ -94,20 +109,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("drug_reviews", "single", 3, ("accuracy", "macro_f1"), "accuracy", builtin="drug_reviews",
              description="built-in: drug reviews, 3 classes (offline)"),
     TaskSpec("rotten_tomatoes_sft", "sft", 0, ("loss", "perplexity"), "perplexity", builtin="rotten_tomatoes",
-             lower_is_better=True,
              description="built-in: Rotten Tomatoes as instructions (review -> positive / negative), causal LM"),
 ]}
 
-CAUSAL_LM_METRICS = ("loss", "perplexity")
-
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
-
-
-def custom_task(kind: str, num_labels: int) -> TaskSpec:
-    """A task over user files; metrics follow the kind."""
-    if kind in ("sft", "lm"):
-        return TaskSpec("custom", kind, 0, CAUSAL_LM_METRICS, "perplexity", lower_is_better=True)
-    if kind == "regression":
-        return TaskSpec("custom", "regression", 1, ("pearson", "spearman"), "pearson")
-    metrics = ("accuracy", "f1") if num_labels == 2 else ("accuracy", "macro_f1")
-    return TaskSpec("custom", kind, num_labels, metrics, "accuracy")

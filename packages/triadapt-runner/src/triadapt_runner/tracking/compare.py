@@ -12,11 +12,11 @@ import csv
 import io
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from triadapt_runner.tasks.specs import TASKS
-from triadapt_runner.errors import RunnerError
+from triadapt_runner.tasks.registry import DEFAULT_KIND, KINDS, TaskKind, reported_metrics, resolve_metric, task_kind
+from triadapt_runner.errors import RunnerError, invalid
 from triadapt_runner.tracking.significance import Difference, difference
 from triadapt_runner.tracking.runs import FINISHED, TAG_PREFIX, Tracker
 
@@ -66,19 +66,28 @@ class Table:
     metric: str
     baselines: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what was left out and why (`collect_runs`), below the Markdown and terminal tables
+    data_kinds: dict[str, str] = field(default_factory=dict)  # task -> data.kind of its runs (custom data)
+
+    def kind(self, task: str) -> TaskKind:
+        """The task kind of a column: it decides the main metric and how the scores are shown."""
+        return task_kind(task, self.data_kinds.get(task, DEFAULT_KIND))
+
+    def metric_name(self, task: str) -> str:
+        """The metric shown for ``task`` (``main``: its main metric; custom data: its kind's)."""
+        if self.metric in RUN_METRICS:
+            return self.metric
+        return resolve_metric(self.metric, task, self.data_kinds.get(task, DEFAULT_KIND))
 
     def scale(self, task: str) -> float:
-        """Fractions (accuracy, F1, correlations) in per cent; QA scores (already per cent), losses, perplexities
-        and run metrics as they are."""
-        spec = TASKS.get(task)
-        raw = self.metric in RUN_METRICS or (spec is not None and (spec.is_qa or spec.is_causal_lm))
+        """Fractions (accuracy, F1, correlations) in per cent; what the task kind shows raw (QA scores, already per
+        cent; losses, perplexities) and run metrics as they are."""
+        raw = self.metric in RUN_METRICS or self.kind(task).raw_scores
         return 1.0 if raw else 100.0
 
     def digits(self, task: str) -> int:
-        """Decimals shown: four for a causal-LM task's loss and perplexity (values near 1 whose differences lie in
-        the third decimal), two otherwise."""
-        spec = TASKS.get(task)
-        return 4 if self.metric not in RUN_METRICS and spec is not None and spec.is_causal_lm else 2
+        """Decimals shown: the task kind's (four for a causal-LM task's loss and perplexity, values near 1 whose
+        differences lie in the third decimal); two for run metrics."""
+        return 2 if self.metric in RUN_METRICS else self.kind(task).decimals
 
     def difference(self, method: str, task: str, baseline: str | None = None) -> Difference | None:
         """``method`` against a baseline row (default: the first) on ``task`` (None for that row itself, a missing
@@ -110,7 +119,7 @@ class Table:
         return out
 
     def header(self) -> list[str]:
-        head = ["method"] + [f"{t} ({_metric_name(t, self.metric)})" for t in self.tasks] + ["average"]
+        head = ["method"] + [f"{t} ({self.metric_name(t)})" for t in self.tasks] + ["average"]
         head += [f"{t}: Δ vs {b} [95% CI] p" for b in self.baselines for t in self.tasks]
         return head
 
@@ -134,7 +143,7 @@ class Table:
         writer.writerow(head)
         for (method, task), stat in sorted(self.cells.items()):
             std = "" if stat.std is None else f"{stat.std:.6f}"
-            line = [method, task, _metric_name(task, self.metric), f"{stat.mean:.6f}", std, stat.n,
+            line = [method, task, self.metric_name(task), f"{stat.mean:.6f}", std, stat.n,
                     f"{stat.median:.6f}"]
             if not self.baselines:
                 writer.writerow(line)
@@ -149,10 +158,20 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
-def _metric_name(task: str, metric: str) -> str:
-    if metric != "main" or metric in RUN_METRICS:
-        return metric
-    return TASKS[task].main_metric if task in TASKS else "accuracy"
+def data_kind(run: Any) -> str:
+    """The data.kind a run was logged with (its params), which names the kind of custom data."""
+    value = run.data.params.get("data.kind", DEFAULT_KIND)
+    return value if value in KINDS else DEFAULT_KIND
+
+
+def check_metric(metric: str, runs: list[Any]) -> None:
+    """``metric`` is main, a metric the task kind of some run reports, or a run metric: a typo is named at once."""
+    if metric == "main" or metric in RUN_METRICS or not runs:
+        return
+    known = sorted({m for run in runs for m in reported_metrics(run.data.tags[f"{T}task"], data_kind(run))})
+    if metric not in known:
+        raise invalid("metric", metric, f"use main, a metric of the runs' tasks ({', '.join(known)}) or a run "
+                                        f"metric ({', '.join(RUN_METRICS)})")
 
 
 def parent_of(tracker: Tracker, grid: str) -> str:
@@ -219,11 +238,14 @@ def device_note(runs: list[Any]) -> str | None:
 
 def build_table(runs: list[Any], metric: str = "main", baselines: Sequence[str] = ()) -> Table:
     """The table of ``runs``; each row is compared with every row named in ``baselines`` (in that order)."""
+    check_metric(metric, runs)
     cells: dict[tuple[str, str], list[tuple[int, str, float]]] = {}
+    data_kinds: dict[str, str] = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         tags = run.data.tags
         method, task = tags[f"{T}method"], tags[f"{T}task"]
-        key = metric if metric in RUN_METRICS else f"result_{_metric_name(task, metric)}"
+        data_kinds.setdefault(task, data_kind(run))
+        key = metric if metric in RUN_METRICS else f"result_{resolve_metric(metric, task, data_kinds[task])}"
         if key not in run.data.metrics and metric in RUN_METRICS:
             continue
         if key not in run.data.metrics:
@@ -251,4 +273,4 @@ def build_table(runs: list[Any], metric: str = "main", baselines: Sequence[str] 
         if baseline not in methods:
             raise RunnerError(f"baseline={baseline!r} is invalid: the rows are {', '.join(repr(m) for m in methods)}")
     stats = {k: Stat([v for _, _, v in e], [s for s, _, _ in e]) for k, e in cells.items()}
-    return Table(methods, tasks, stats, metric, tuple(dict.fromkeys(baselines)))
+    return Table(methods, tasks, stats, metric, tuple(dict.fromkeys(baselines)), data_kinds=data_kinds)

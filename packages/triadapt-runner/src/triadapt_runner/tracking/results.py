@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from triadapt_runner.methods import Adapted, RankRecord
+from triadapt_runner.methods.base import Adapted, RankRecord
 from triadapt_runner.tracking.plots import rank_heatmap
 
 
@@ -33,8 +33,10 @@ class RunResult:
 def finish(cfg: Any, task: Any, adapted: Adapted, history: list[dict[str, float]], out: Path, total_steps: int,
            accelerator: Any, artifacts: dict[str, Any], step_times: list[float]) -> RunResult:
     """The result by the protocol (best or last epoch); every process saves (collectively), the main one writes."""
+    from triadapt_runner.tasks.registry import kind_for
+
     main = task.main_metric
-    sign = -1.0 if task.lower_is_better else 1.0
+    sign = -1.0 if kind_for(task).lower_is_better(main) else 1.0  # the best epoch by the metric's own direction
     chosen = max(history, key=lambda h: sign * h[main]) if cfg.train.report == "best" else history[-1]
     protocol = {"report": cfg.train.report, "split": "validation", "epoch": int(chosen["epoch"]),
                 "main_metric": main, "seed": cfg.train.seed}

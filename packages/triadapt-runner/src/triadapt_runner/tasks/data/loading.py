@@ -1,9 +1,12 @@
 """Load a task's train / validation splits as `datasets.Dataset`s with canonical columns.
 
-Every loader returns rows with ``text``, optionally ``text_pair``, and ``label`` (int class
-id, or float for regression). Sources: built-in offline files, a local folder in the
-official GLUE layout, user CSV / JSON / Parquet files with a column mapping, or the hub.
-Splits are deterministic: a fixed split seed, independent of the training seed.
+Every loader returns rows in the layout of the task's kind: ``text``, optionally
+``text_pair``, and ``label`` (int class id, or float for regression); ``prompt`` and
+``response`` (sft); ``text`` (lm); SQuAD rows (qa). Sources: built-in offline files, a local
+folder in the official GLUE layout, user CSV / JSON / Parquet files with a column mapping, or
+the hub. Which columns a file of a kind has and how its labels read is the kind's
+(`triadapt_runner.tasks.registry`). Splits are deterministic: a fixed split seed, independent
+of the training seed.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from triadapt_runner.tasks.causal_lm import as_instructions  # noqa: F401 (the benchmarks read it from here)
 from triadapt_runner.tasks.data import builtin
-from triadapt_runner.tasks.data.squad import read_squad_json
-from triadapt_runner.tasks.specs import TASKS, TaskSpec, custom_task
+from triadapt_runner.tasks.registry import KINDS, kind_for
+from triadapt_runner.tasks.specs import TASKS, TaskSpec
 from triadapt_runner.errors import RunnerError, invalid
 
 SPLIT_SEED = 20250114  # fixed: the train/validation split never depends on the run's seed
@@ -38,7 +42,7 @@ def load_rows(data: Any) -> tuple[TaskSpec, dict[str, list[dict]]]:
     """(task spec, rows of the 'train' and 'validation' splits) for a `DataConfig`; every check of the data."""
     if data.task == "custom":
         splits = _from_files(data)
-        task = custom_task(data.kind, 0 if data.kind in ("sft", "lm") else _num_labels(data, splits))
+        task = KINDS[data.kind].custom_task(data, splits)
     else:
         task = TASKS[data.task]
         splits = _load_known(task, data)
@@ -51,11 +55,13 @@ def load_rows(data: Any) -> tuple[TaskSpec, dict[str, list[dict]]]:
 
 
 def _load_known(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
-    if task.is_qa:
-        return _load_squad(task, data)
+    kind = kind_for(task)
+    own = kind.read_splits(task, data)
+    if own is not None:
+        return own
     if task.builtin:
         splits = _from_builtin(task.builtin, data.validation_fraction)
-        return {name: as_instructions(rows) for name, rows in splits.items()} if task.kind == "sft" else splits
+        return {name: kind.from_labelled(rows) for name, rows in splits.items()}
     if data.glue_dir:
         return read_glue_dir(task, Path(data.glue_dir))
     return _from_hub(task)
@@ -69,15 +75,6 @@ def _from_builtin(name: str, validation_fraction: float) -> dict[str, list[dict]
     rows = _shuffled(builtin.read_rotten_tomatoes(path))
     cut = int(round(len(rows) * validation_fraction))
     return {"train": rows[cut:], "validation": rows[:cut]}
-
-
-SENTIMENT = {0: "negative", 1: "positive"}
-
-
-def as_instructions(rows: list[dict]) -> list[dict]:
-    """Labelled reviews as prompt / response records: the review and the question, then the answer word."""
-    return [{"prompt": f"Is this movie review positive or negative?\n\n{row['text']}",
-             "response": SENTIMENT[row["label"]]} for row in rows]
 
 
 def _shuffled(rows: list[dict]) -> list[dict]:
@@ -119,7 +116,8 @@ def _read_glue_tsv(task: TaskSpec, path: Path) -> list[dict]:
             if not fields or all(not f for f in fields):
                 continue
             try:
-                row = {"text": fields[columns["text"]], "label": _label(task, fields[columns["label"]])}
+                label = kind_for(task).parse_label(fields[columns["label"]], task.label_names)
+                row = {"text": fields[columns["text"]], "label": label}
                 if "pair" in columns:
                     row["text_pair"] = fields[columns["pair"]]
             except (IndexError, ValueError) as exc:
@@ -134,16 +132,6 @@ def _column_index(path: Path, header: list[str] | None, column: str | int) -> in
     if header is None or column not in header:
         raise RunnerError(f"{path}: column {column!r} not found; header is {header}")
     return header.index(column)
-
-
-def _label(task: TaskSpec, raw: str) -> int | float:
-    if task.is_regression:
-        return float(raw)
-    if task.label_names:
-        if raw not in task.label_names:
-            raise ValueError(f"label {raw!r} is not one of {', '.join(task.label_names)}")
-        return task.label_names.index(raw)
-    return int(raw)
 
 
 # -- user files -----------------------------------------------------------------------------------
@@ -208,14 +196,7 @@ def _check_json(path: Path) -> None:
 
 
 def _map_columns(data: Any, path: Path, table: Any) -> list[dict]:
-    if data.kind == "sft":
-        wanted = {"prompt": data.prompt_column, "response": data.response_column}
-    elif data.kind == "lm":
-        wanted = {"text": data.text_column}
-    else:
-        wanted = {"text": data.text_column, "label": data.label_column}
-        if data.kind in ("pair", "regression") and data.text_pair_column:
-            wanted["text_pair"] = data.text_pair_column
+    wanted = KINDS[data.kind].file_columns(data)
     for key, column in wanted.items():
         if column not in table.column_names:
             raise RunnerError(f"data.{key}_column={column!r} is invalid: {path} has columns "
@@ -233,36 +214,11 @@ def _map_columns(data: Any, path: Path, table: Any) -> list[dict]:
 
 
 def _file_label(data: Any, path: Path, value: Any) -> int | float:
+    kind = KINDS[data.kind]
     try:
-        return float(value) if data.kind == "regression" else int(value)
+        return kind.parse_label(value)
     except (TypeError, ValueError):
-        kind = "a number" if data.kind == "regression" else "an integer class id"
-        raise RunnerError(f"{path}: label {value!r} in column {data.label_column!r} is not {kind}") from None
-
-
-def _num_labels(data: Any, splits: dict[str, list[dict]]) -> int:
-    if data.kind == "regression":
-        return 1
-    labels = {row["label"] for row in splits["train"]}
-    if min(labels) < 0:
-        raise RunnerError(f"{data.train_file}: class ids must be >= 0, found {min(labels)}")
-    return max(labels) + 1
-
-
-# -- SQuAD ----------------------------------------------------------------------------------------
-def _load_squad(task: TaskSpec, data: Any) -> dict[str, list[dict]]:
-    if data.train_file or data.validation_file:
-        return {"train": read_squad_json(data.train_file), "validation": read_squad_json(data.validation_file)}
-    import datasets
-
-    path, _ = task.hub
-    try:
-        loaded = datasets.load_dataset(path)
-    except Exception as exc:
-        raise RunnerError(f"task {task.name!r}: cannot load {path} from the hub ({type(exc).__name__}); offline, "
-                          f"pass data.train_file and data.validation_file in the official SQuAD JSON format") from None
-    columns = ("id", "question", "context", "answers")
-    return {split: [{c: row[c] for c in columns} for row in loaded[split]] for split in ("train", "validation")}
+        raise RunnerError(f"{path}: label {value!r} in column {data.label_column!r} is not {kind.label_type}") from None
 
 
 # -- hub ------------------------------------------------------------------------------------------
@@ -282,7 +238,7 @@ def _from_hub(task: TaskSpec) -> dict[str, list[dict]]:
 def _hub_keys(task: TaskSpec, columns: list[str]) -> dict[str, str]:
     text_columns = [c for c in columns if c not in ("label", "idx")]
     keys = {"text": text_columns[0], "label": "label"}
-    if task.kind != "single":
+    if kind_for(task).pairs:
         keys["text_pair"] = text_columns[1]
     return keys
 

@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from triadapt_runner.errors import RunnerError
+
+
+def load_squad(task: Any, data: Any) -> dict[str, list[dict]]:
+    """A SQuAD task's splits: ``data.train_file`` and ``data.validation_file`` when given, else the hub."""
+    if data.train_file or data.validation_file:
+        return {"train": read_squad_json(data.train_file), "validation": read_squad_json(data.validation_file)}
+    import datasets
+
+    path, _ = task.hub
+    try:
+        loaded = datasets.load_dataset(path)
+    except Exception as exc:
+        raise RunnerError(f"task {task.name!r}: cannot load {path} from the hub ({type(exc).__name__}); offline, "
+                          f"pass data.train_file and data.validation_file in the official SQuAD JSON format") from None
+    columns = ("id", "question", "context", "answers")
+    return {split: [{c: row[c] for c in columns} for row in loaded[split]] for split in ("train", "validation")}
 
 
 def read_squad_json(path: str | Path) -> list[dict]:
