@@ -140,3 +140,34 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_bad_gpus_per_cell_is_one_line(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    grid = write_yaml(tmp_path / "g.yaml", PLAIN)
+    assert_bad_input(["ablate", grid, "--tracking-uri", uri, "--jobs", "2", "--gpus-per-cell", "0.3"],
+                     r"--gpus-per-cell=0.3 is invalid: use a whole number of GPUs", uri, capsys)
+
+
+@pytest.mark.parametrize("share,expected", [(1.0, ["0", "1"]), (0.5, ["0", "0"])], ids=["whole", "packed"])
+def test_each_worker_gets_the_devices_placed_for_it(tmp_path, share, expected):
+    """Two fake GPUs injected (this machine may have none): whole GPUs give each cell its own; halves pack both cells
+    onto the first card. The cells still train on the CPU here; each run records what it was given."""
+    from triadapt_runner.grid.ablate import _open_grid
+    from triadapt_runner.grid.placement import Devices
+    from triadapt_runner.grid.schedule import run_scheduled
+    from triadapt_runner.grid.spec import parse_grid
+    from triadapt_runner.grid.workers import LocalProcesses
+    from triadapt_runner.tracking.runs import Tracker
+
+    spec = parse_grid(PLAIN)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}", "jobs")
+    parent_id, done = _open_grid(spec, tracker, force=False)
+    executor = LocalProcesses(2, tracker=tracker, parent_id=parent_id, grid=spec.name, checkpoint_root=None,
+                              devices=Devices([0, 1], threads=2, gpus_per_cell=share))
+    outcomes = run_scheduled(spec, executor, tracker=tracker, parent_id=parent_id, done=done, fail_fast=False,
+                             progress=False)
+    assert [o.status for o in outcomes] == ["finished", "finished"], [o.error for o in outcomes]
+    runs = tracker.children(parent_id)
+    assert sorted(r.data.tags["triadapt.visible_devices"] for r in runs) == expected
+    assert {r.data.tags["triadapt.node"] for r in runs} == {__import__("socket").gethostname()}

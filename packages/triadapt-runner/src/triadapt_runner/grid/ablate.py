@@ -1,6 +1,6 @@
 """Run a grid (or one run) with MLflow tracking; resume interrupted grids.
 
-Resume rules (USERS.md 11): a cell whose child run FINISHED is skipped; a FAILED cell, or
+Resume rules: a cell whose child run FINISHED is skipped; a FAILED cell, or
 one left RUNNING by a killed process (marked KILLED now), is run again; a grid whose spec
 changed since its parent run was created is refused unless ``force`` (which starts a new
 parent run). A failing cell does not stop the grid unless ``fail_fast``.
@@ -8,20 +8,18 @@ parent run). A failing cell does not stop the grid unless ``fail_fast``.
 
 from __future__ import annotations
 
-import itertools
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from triadapt_runner.distributed.processes import main_only
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.grid.cells import CellOutcome, outcome_line, run_cell
-from triadapt_runner.grid.choosing import CHOSEN, apply_selection
-from triadapt_runner.grid.spec import Cell, GridSpec
+from triadapt_runner.grid.cells import CellOutcome
+from triadapt_runner.grid.executors import CellExecutor, SerialExecutor
+from triadapt_runner.grid.schedule import run_scheduled
+from triadapt_runner.grid.spec import GridSpec
 from triadapt_runner.preflight import preflight
 from triadapt_runner.tracking.runs import FAILED, FINISHED, KILLED, RUNNING, TAG_PREFIX, Tracker
 
@@ -39,61 +37,39 @@ class GridOutcome:
 
 
 def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
-             progress: bool = True, checkpoint_root: str | Path | None = None, jobs: int = 1) -> GridOutcome:
+             progress: bool = True, checkpoint_root: str | Path | None = None, jobs: int = 1,
+             gpus_per_cell: float = 1.0) -> GridOutcome:
     """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker.
 
-    With ``select``, rows run one after another: a row's selection cells, the choice of its value
-    from their results, then its other seeds at that value (`triadapt_runner.grid.selection`). A grid
-    stopped part-way thus leaves whole rows (every seed) rather than seed 0 of every row. With
-    ``jobs`` > 1 (one process only), up to that many cells run at once, each as soon as it can
-    (`triadapt_runner.grid.workers`).
+    The order and the selection protocol are the grid's schedule (`triadapt_runner.grid.schedule`); the
+    cells run on an executor (`triadapt_runner.grid.executors`): one at a time in this process, or with
+    ``jobs`` > 1 (one process only) up to that many at once in worker processes, each on its own devices
+    (``gpus_per_cell``: whole GPUs per process, or a fraction of one).
     """
     main = tracker is not None
     preflight(spec.cells(), spec.source)  # every cell checked before the parent run exists
     parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
-    run = dict(tracker=tracker, parent_id=parent_id, done=done, spec=spec, fail_fast=fail_fast, progress=progress,
-               checkpoint_root=checkpoint_root)
     if jobs > 1:
-        from triadapt_runner.grid.workers import run_cells_in_processes
+        from triadapt_runner.grid.placement import Devices
+        from triadapt_runner.grid.workers import LocalProcesses
 
-        outcomes = run_cells_in_processes(spec, jobs, tracker=tracker, parent_id=parent_id, done=done,
-                                          fail_fast=fail_fast, checkpoint_root=checkpoint_root)
-    elif not spec.select:
-        outcomes = _run_cells(spec.cells(), **run)
+        executor: CellExecutor = LocalProcesses(jobs, tracker=tracker, parent_id=parent_id, grid=spec.name,
+                                                checkpoint_root=checkpoint_root,
+                                                devices=Devices.of_this_machine(gpus_per_cell))
     else:
-        outcomes = []
-        for row, cells in itertools.groupby(spec.selection_cells(), key=lambda c: c.row):
-            outcomes += _run_cells(list(cells), **run)
-            if fail_fast and any(o.status == "failed" for o in outcomes):
-                break
-            chosen = main_only(lambda row=row: apply_selection(spec, tracker, parent_id, announce=row))
-            outcomes += _run_cells([c for c in spec.final_cells(chosen) if c.row == row], **run,
-                                   extra_tags=CHOSEN)
-            if fail_fast and any(o.status == "failed" for o in outcomes):
-                break
+        executor = SerialExecutor(tracker, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root)
+    try:
+        outcomes = run_scheduled(spec, executor, tracker=tracker, parent_id=parent_id, done=done, fail_fast=fail_fast,
+                                 progress=progress)
+    except RunnerError as exc:  # e.g. a row whose selection cannot choose: the grid failed, its parent says why
+        if main:
+            tracker.set_tag(parent_id, f"{T}error", str(exc)[:4000])
+            tracker.end_run(parent_id, FAILED)
+        raise
     if main:
         log_rank_figure(tracker, parent_id)
         tracker.end_run(parent_id, FAILED if any(o.status == "failed" for o in outcomes) else FINISHED)
     return GridOutcome(parent_id, outcomes)
-
-
-def _run_cells(cells: list[Cell], *, tracker: Tracker | None, parent_id: str, done: dict[str, str], spec: GridSpec,
-               fail_fast: bool, progress: bool, checkpoint_root: Any,
-               extra_tags: dict[str, str] | None = None) -> list[CellOutcome]:
-    main, outcomes = tracker is not None, []
-    bar = tqdm(cells, desc=f"grid {spec.name}", disable=not (progress and main), unit="cell")
-    for cell in bar:
-        if cell.id in done:
-            outcomes.append(CellOutcome(cell, "skipped", done[cell.id]))
-            _say(main, outcome_line(outcomes[-1]))
-            continue
-        outcome = run_cell(tracker, cell, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root,
-                           extra_tags=extra_tags)
-        outcomes.append(outcome)
-        _say(main, outcome_line(outcome))
-        if outcome.status == "failed" and fail_fast:
-            break
-    return outcomes
 
 
 GROWING = ("triadapt", "increlora-style", "peft-adalora")

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from triadapt_runner.distributed.launch import world_size
 from triadapt_runner.errors import RunnerError
+from triadapt_runner.grid.outcome import CellOutcome
 from triadapt_runner.grid.spec import Cell
 from triadapt_runner.tracking.runs import FAILED, FINISHED, KILLED, TAG_PREFIX, Tracker
 from triadapt_runner.training import RunResult, train_run
 
 T = TAG_PREFIX
-
-
-@dataclass
-class CellOutcome:
-    cell: Cell
-    status: str  # finished | skipped | failed
-    run_id: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
 
 
 def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: str | None, progress: bool = True,
@@ -37,13 +31,19 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
     """
     if tracker is None:
         return _run_cell_worker(cell, progress, output_root, checkpoint_root)
-    from triadapt_runner.methods import method_for
+    if cell.config.train.num_processes > 1 and world_size() == 1:  # a multi-process job of its own
+        from triadapt_runner.grid.cell_job import run_cell_as_job
+
+        return run_cell_as_job(tracker, cell, parent_id, grid, checkpoint_root=checkpoint_root, extra_tags=extra_tags)
+    from triadapt_runner.methods.provenance import provenance_tags
+    from triadapt_runner.methods.registry import method_for
 
     cfg = cell.config
     tags = {f"{T}cell_id": cell.id, f"{T}method": cfg.label, f"{T}task": cfg.data.task, f"{T}seed": str(cell.seed),
             f"{T}config_hash": cfg.config_hash(), f"{T}role": "cell", f"{T}model": cfg.model,
             f"{T}approach": cfg.approach}
     tags.update({f"{T}{key}": value for key, value in method_for(cfg).strategy_tags(cfg).items()})
+    tags.update({f"{T}{key}": value for key, value in provenance_tags(cfg).items()})
     tags.update({f"{T}axis.{k}": str(v) for k, v in cell.axes.items()})
     tags.update(extra_tags or {})
     if grid:
@@ -93,6 +93,9 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
     tracker.set_tag(run_id, f"{T}world_size", str(result.world_size))
     if result.device:
         tracker.set_tag(run_id, f"{T}device", result.device)
+    tracker.set_tag(run_id, f"{T}node", socket.gethostname())  # where it trained, beside on what
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # the GPUs a --jobs worker was given
+        tracker.set_tag(run_id, f"{T}visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
     tracker.log_metrics(run_id, {f"result_{k}": v for k, v in result.metrics.items()}, result.total_steps)
     tracker.log_metrics(run_id, result.run_metrics, result.total_steps)  # rank use, capacity hits, parameters, time
     for key, value in result.protocol.items():

@@ -1,12 +1,10 @@
-"""`triadapt ablate --jobs N`: up to N cells of a grid at once, each in a worker process.
+"""`triadapt ablate --jobs N`: up to N cells of a grid at once, each in a worker process (`LocalProcesses`).
 
-A cell starts as soon as it can: every cell of a grid without ``select`` at once; with
-``select``, every row's selection cells at once, and a row's other seeds as soon as its own
-selection cells are done and its value is chosen (by this process, as in a serial run). Every
+Which cell starts when is the grid's schedule (`triadapt_runner.grid.schedule`), as for a serial run. Every
 worker opens its own tracker on the same store and logs its cells as the serial runner does, so
 the MLflow layout, resuming and ``triadapt compare`` do not depend on ``--jobs``. The workers
-share the machine: CPU threads are split between them, and on a GPU machine they share CUDA's default
-device (the first visible GPU; with several, every worker still uses that one) as separate processes.
+share the machine without oversubscribing it: each cell holds its CPU threads and its own GPUs
+(`triadapt_runner.grid.placement`).
 """
 
 from __future__ import annotations
@@ -18,76 +16,88 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from triadapt_runner.errors import RunnerError
-from triadapt_runner.grid.cells import CellOutcome, outcome_line, run_cell
-from triadapt_runner.grid.choosing import CHOSEN, apply_selection
-from triadapt_runner.grid.spec import Cell, GridSpec
-from triadapt_runner.distributed.launch import world_size
+from triadapt_runner.grid.cells import CellOutcome, run_cell
+from triadapt_runner.grid.executors import CellExecutor
+from triadapt_runner.grid.placement import Devices, Placement
+from triadapt_runner.grid.spec import Cell
 
 
-def check_jobs(jobs: int) -> None:
-    if jobs < 1:
-        raise RunnerError(f"--jobs={jobs} is invalid: give the number of cells to run at once (1 or more)")
-    if jobs > 1 and world_size() > 1:
-        raise RunnerError(f"--jobs={jobs} is invalid under a multi-process launch (world size {world_size()}): "
-                          f"each job is its own process; use --jobs 1 or a plain `triadapt ablate`")
+class LocalProcesses(CellExecutor):
+    """Up to ``jobs`` cells at once, each in a spawned worker process of this machine.
 
-
-def run_cells_in_processes(spec: GridSpec, jobs: int, *, tracker: Any, parent_id: str, done: dict[str, str],
-                           fail_fast: bool, checkpoint_root: Any) -> list[Any]:
-    """Run the grid's cells in a pool of ``jobs`` spawned processes; outcomes in the order they ended.
-
-    With ``fail_fast`` nothing new starts after the first failed cell (running cells finish). A
-    cell whose process dies counts as failed. On an interrupt (SIGINT, or SIGTERM while this runs) the workers are
-    stopped with the grid.
+    Each cell holds its CPU threads (the cores split evenly between the jobs) and, on a GPU machine, its
+    own GPUs (`triadapt_runner.grid.placement`): ``train.num_processes`` of them, or a share of one with
+    ``gpus_per_cell`` < 1. A cell starts only when they are free. Without GPUs the workers are a pool that
+    lives as long as the grid; with GPUs each cell has a process of its own, started with its
+    ``CUDA_VISIBLE_DEVICES``. A cell whose process dies counts as failed. SIGTERM (while the grid runs)
+    ends the grid as Ctrl-C does; `cancel` kills the workers (SIGKILL: a library's SIGTERM handler cannot
+    keep one training).
     """
-    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or MLflow state
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_process,
-                               initargs=(max(1, (os.cpu_count() or 1) // jobs),))
-    worker = dict(uri=tracker.uri, experiment=tracker.experiment, parent_id=parent_id, grid=spec.name,
-                  checkpoint_root=checkpoint_root)
-    outcomes: list[Any] = []
-    running: dict[Future, Cell] = {}
-    selecting: dict[str, set[str]] = {}  # per row, its selection cells not ended yet
-    for cell in spec.selection_cells() if spec.select else []:
-        selecting.setdefault(cell.row, set()).add(cell.id)
 
-    def start(cell: Cell, extra_tags: dict[str, str] | None = None) -> None:
-        if cell.id in done:
-            outcomes.append(CellOutcome(cell, "skipped", done[cell.id]))
-            print(outcome_line(outcomes[-1]), flush=True)
-            ended(cell)
-        elif not (fail_fast and any(o.status == "failed" for o in outcomes)):
-            running[pool.submit(_run_cell_here, cell, extra_tags=extra_tags, **worker)] = cell
+    def __init__(self, jobs: int, *, tracker: Any, parent_id: str, grid: str, checkpoint_root: Any,
+                 devices: Devices | None = None):
+        self.jobs, self.devices = jobs, devices or Devices.of_this_machine()
+        self.threads = self.devices.threads_per_cell(jobs)
+        self.context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or MLflow state
+        self.shared = None if self.devices.gpus else self._pool(jobs, {})
+        self.worker = dict(uri=tracker.uri, experiment=tracker.experiment, parent_id=parent_id, grid=grid,
+                           checkpoint_root=checkpoint_root)
+        self.futures: dict[Future, tuple[Cell, Placement, ProcessPoolExecutor]] = {}
+        self.reserved: dict[str, Placement] = {}
+        self.previous = _terminate_as_interrupt()
 
-    def ended(cell: Cell) -> None:  # the last selection cell of a row: choose, then its other seeds
-        if cell.row in selecting and cell.id in selecting[cell.row]:
-            selecting[cell.row].discard(cell.id)
-            if not selecting[cell.row]:
-                chosen = apply_selection(spec, tracker, parent_id, announce=cell.row)
-                for final in spec.final_cells(chosen):
-                    if final.row == cell.row:
-                        start(final, CHOSEN)
+    def _pool(self, workers: int, environment: dict[str, str]) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=self.context, initializer=_start_process,
+                                   initargs=(self.threads, environment))
 
-    previous = _terminate_as_interrupt()
-    try:
-        for cell in spec.selection_cells() if spec.select else spec.cells():
-            start(cell)
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                cell = running.pop(future)
-                outcomes.append(_outcome(future, cell))
-                print(outcome_line(outcomes[-1]), flush=True)
-                ended(cell)
-    except BaseException:  # an interrupt: stop the workers too (a signal sent to this process alone misses them)
-        _stop(pool)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    pool.shutdown(wait=True)
-    return outcomes
+    def can_start(self, cell: Cell) -> bool:
+        if cell.id in self.reserved:
+            return True
+        if len(self.futures) + len(self.reserved) >= self.jobs:
+            return False
+        placement = self.devices.take(cell.config.train.num_processes, self.threads)
+        if placement is not None:
+            self.reserved[cell.id] = placement
+        return placement is not None
+
+    def start(self, cell: Cell, extra_tags: dict[str, str] | None) -> None:
+        placement = self.reserved.pop(cell.id, None) or self.devices.take(cell.config.train.num_processes,
+                                                                          self.threads)
+        assert placement is not None, "start() without free devices"
+        pool = self.shared or self._pool(1, placement.environment())
+        self.futures[pool.submit(_run_cell_here, cell, extra_tags=extra_tags, **self.worker)] = (cell, placement, pool)
+
+    def wait(self) -> list[CellOutcome]:
+        finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+        outcomes = []
+        for future in finished:
+            cell, placement, pool = self.futures.pop(future)
+            outcomes.append(_outcome(future, cell))
+            self.devices.give_back(placement)
+            if pool is not self.shared:
+                pool.shutdown(wait=False)
+        return outcomes
+
+    @property
+    def running(self) -> int:
+        return len(self.futures)
+
+    def cancel(self) -> None:
+        for pool in {id(p): p for _, _, p in self.futures.values()}.values():
+            _stop(pool)
+        if self.shared is not None:
+            _stop(self.shared)
+        self._restore_signal()
+
+    def close(self) -> None:
+        self._restore_signal()
+        if self.shared is not None:
+            self.shared.shutdown(wait=True)
+
+    def _restore_signal(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
 
 def _terminate_as_interrupt() -> Any:
@@ -116,7 +126,9 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _start_process(threads: int) -> None:
+def _start_process(threads: int, environment: dict[str, str]) -> None:
+    """A worker's set-up: its devices (before anything touches CUDA), threads and quiet libraries."""
+    os.environ.update(environment)
     import torch
 
     from triadapt_runner.console import quiet_libraries

@@ -1,0 +1,75 @@
+"""A cell with ``train.num_processes`` = k > 1, started by the runner as a k-process job.
+
+The runner launches ``torchrun`` (torch's own launcher: it sets the rank, world size and rendezvous of
+every process, and stops them all when one fails) with `triadapt_runner.grid.job_process` as the program. Every process of
+the job trains the cell, DDP or DeepSpeed as its ``train`` section says; the job's first process
+writes the cell's one MLflow run under the grid's parent, as in a launched grid. The runner reads
+the outcome back from that run. A process that dies fails the cell (its run is marked FAILED with
+the job's last error line), not the grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from triadapt_runner.grid.outcome import CellOutcome
+from triadapt_runner.grid.spec import Cell
+
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def run_cell_as_job(tracker: Any, cell: Cell, parent_id: str | None, grid: str | None, *, checkpoint_root: Any,
+                    extra_tags: dict[str, str] | None) -> CellOutcome:
+    """Train ``cell`` as a ``train.num_processes``-process job; its outcome, from the run the job wrote."""
+    import torch
+
+    from triadapt_runner.distributed.setup import free_port, setup_for
+
+    processes = cell.config.train.num_processes
+    spec = {"uri": tracker.uri, "experiment": tracker.experiment, "parent_id": parent_id, "grid": grid,
+            "cell": {"id": cell.id, "config": cell.config.to_dict(), "axes": cell.axes, "seed": cell.seed,
+                     "row": cell.row},
+            "checkpoint_root": str(checkpoint_root) if checkpoint_root else None, "extra_tags": extra_tags}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    if not torch.cuda.is_available() and not setup_for(cell.config.train, processes).shares_work_through_deepspeed:
+        env["ACCELERATE_USE_CPU"] = "1"  # DDP on CPU: else accelerate starts unsynchronised processes
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cell.json"
+        path.write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), "-m", "triadapt_runner.grid.job_process", str(path)]
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return _outcome(tracker, cell, parent_id, proc)
+
+
+def _outcome(tracker: Any, cell: Cell, parent_id: str | None, proc: subprocess.CompletedProcess) -> CellOutcome:
+    from triadapt_runner.tracking.runs import FAILED, FINISHED, RUNNING, TAG_PREFIX
+
+    runs = [r for r in tracker.runs(f"tags.`{TAG_PREFIX}cell_id` = '{cell.id}'")
+            if parent_id is None or r.data.tags.get("mlflow.parentRunId") == parent_id]
+    run = max(runs, key=lambda r: r.info.start_time) if runs else None
+    if proc.returncode == 0 and run is not None and run.info.status == FINISHED:
+        metrics = {k[len("result_"):]: v for k, v in run.data.metrics.items() if k.startswith("result_")}
+        return CellOutcome(cell, "finished", run.info.run_id, metrics=metrics)
+    error = _last_error(proc)
+    if run is not None and run.info.status == RUNNING:  # the job's first process died before it could close it
+        tracker.set_tag(run.info.run_id, f"{TAG_PREFIX}error", error)
+        tracker.end_run(run.info.run_id, FAILED)
+    return CellOutcome(cell, "failed", run.info.run_id if run else None, error=error)
+
+
+def _last_error(proc: subprocess.CompletedProcess) -> str:
+    """The job's own one-line error if it printed one, else what torchrun reports (a process's exit code)."""
+    lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
+    own = [line[len("cell failed: "):] for line in lines if line.startswith("cell failed: ")]
+    died = [line for line in lines if "exitcode" in line or "Signal" in line]
+    detail = own[-1] if own else (died[-1] if died else (lines[-1] if lines else "no output"))
+    return f"the {proc.args[4]}-process job ended with code {proc.returncode}: {detail}"[:300]
