@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from triadapt.errors import TargetError
-from triadapt_runner.errors import RunnerError
+from triadapt_runner.errors import RunnerError, invalid
 from triadapt_runner.methods.base import Adapted, Method, MethodPlan, RankRecord
 from triadapt_runner.methods.peft_config import build as build_peft_config
 
@@ -76,6 +76,17 @@ class PeftAdaLora(Method):
 
     name = "peft-adalora"
     options = {"init_r": None, "tinit": None, "tfinal": None, "deltaT": None, "beta1": 0.85, "beta2": 0.85}
+
+    def validate(self, cfg: Any) -> None:
+        """The options' types, when the config is built (their ranges need T: `settings`)."""
+        super().validate(cfg)
+        for key, value in cfg.approach_options.items():
+            if key in ("beta1", "beta2"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                    raise invalid(f"approach_options.{key}", value, "must be a number in (0, 1)")
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise invalid(f"approach_options.{key}", value, "must be a non-negative integer (or null for the "
+                                                                "default scaled to T)")
 
     def settings(self, cfg: Any, total_steps: int) -> dict[str, Any]:
         a = cfg.adapter_config(None)
