@@ -74,6 +74,12 @@ def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     setup = setup_for(cfg.train, accelerator.num_processes if accelerator else None)
+    with setup.process_environment():  # plain-process DeepSpeed: a world of one, for this run only
+        return _train(cfg, setup, output_dir, log, progress, accelerator, checkpoint_dir)
+
+
+def _train(cfg: RunConfig, setup: ProcessSetup, output_dir: str | Path, log: LogFn | None, progress: bool,
+           accelerator: Accelerator | None, checkpoint_dir: str | Path | None) -> RunResult:
     run = _set_up(cfg, accelerator or setup.make_accelerator(), setup)
     acc, state = run.accelerator, run.state
     acc.register_for_checkpointing(run.adapted, state)

@@ -44,12 +44,8 @@ class Prepared:
 class ProcessSetup(ABC):
     """One way of running a training over processes. Built per run from its ``train`` section."""
 
-    name: str = ""
-
     def __init__(self, train: Any, world: int | None = None):
         self.train, self.world = train, world or world_size()
-
-    shares_work_through_deepspeed = False  # DeepSpeed's engine (accelerate must not be told to use the CPU alone)
 
     @property
     def shares_work(self) -> bool:
@@ -81,6 +77,14 @@ class ProcessSetup(ABC):
 
     def _plugin(self) -> Any:
         return None
+
+    def process_environment(self) -> ContextManager[Any]:
+        """The environment variables this set-up needs while a run trains (restored afterwards)."""
+        return contextlib.nullcontext()
+
+    def launch_environment(self) -> dict[str, str]:
+        """What a launcher's processes need for this set-up on this machine (the runner's own k-process jobs)."""
+        return {} if torch.cuda.is_available() else {"ACCELERATE_USE_CPU": "1"}  # DDP on CPU: else unsynchronised
 
     def building_model(self, accelerator: Any) -> ContextManager[Any]:
         """The context in which the run builds its model."""
@@ -115,10 +119,6 @@ class ProcessSetup(ABC):
 class TorchProcesses(ProcessSetup):
     """One process, or DDP under a launcher."""
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return "ddp" if self.world > 1 else "none"
-
     def prepare(self, accelerator: Any, adapted: Any, optimizer: Any, scheduler: Any) -> Prepared:
         from triadapt.gradients import set_grad_accessor
 
@@ -144,9 +144,6 @@ class TorchProcesses(ProcessSetup):
 class DeepSpeedZero(ProcessSetup):
     """DeepSpeed ZeRO 0-3 through accelerate's plugin; one process without a launcher, or a launched world."""
 
-    name = "deepspeed"
-    shares_work_through_deepspeed = True
-
     def __init__(self, train: Any, world: int | None = None):
         super().__init__(train, world)
         self.stage = configured_stage(train) or 0
@@ -158,8 +155,13 @@ class DeepSpeedZero(ProcessSetup):
     def make_accelerator(self) -> Any:
         if not torch.cuda.is_available():
             _release_shm_buffer_at_exit()
-        join_world_of_one()
         return super().make_accelerator()
+
+    def process_environment(self) -> ContextManager[Any]:
+        return world_of_one()
+
+    def launch_environment(self) -> dict[str, str]:
+        return {}  # accelerate turns DeepSpeed off under ACCELERATE_USE_CPU
 
     def _plugin(self) -> Any:
         try:
@@ -260,16 +262,30 @@ def zero3_gathered(accelerator: Any, params: list[torch.nn.Parameter]) -> Contex
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
-def join_world_of_one() -> None:
+@contextlib.contextmanager
+def world_of_one() -> Any:
     """Without a launcher, the environment DeepSpeed reads for a world of one, on a port free on this machine.
 
     DeepSpeed looks for MPI (``mpi4py``) when RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are not all
-    set. A launched process has them; two plain processes on one machine each get their own port.
+    set. A launched process has them and keeps them; two plain processes on one machine each get their
+    own port. The variables are removed again afterwards, so that a later run of the same process (the
+    next grid cell) is not taken for a launched one.
     """
     if "WORLD_SIZE" in os.environ and "MASTER_PORT" in os.environ:
+        yield
         return
+    names = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    before = {name: os.environ.get(name) for name in names}
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                        "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": str(free_port())})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def free_port() -> int:
@@ -312,15 +328,17 @@ def _built_whole(plugin: Any) -> Any:
 
 # DeepSpeed's CPU all-reduce maps a 66 MB file per process in /dev/shm and never removes it; the runner removes its
 # process's own when the process exits (a machine would otherwise fill up run by run).
-_SHM_RELEASE: list[bool] = []
+_SHM_RELEASE: set[str] = set()  # the files registered for removal (one per port a run of this process used)
 
 
 def _release_shm_buffer_at_exit() -> None:
+    """Register this run's all-reduce file for removal at exit, by the name it has now (its port)."""
     import atexit
 
-    if not _SHM_RELEASE:
-        _SHM_RELEASE.append(True)
-        atexit.register(unlink_shm_buffer)
+    name = shm_buffer_name()
+    if name not in _SHM_RELEASE:
+        _SHM_RELEASE.add(name)
+        atexit.register(unlink_shm_buffer, name)
 
 
 def shm_buffer_name(rank: int | str | None = None) -> str:
@@ -330,9 +348,9 @@ def shm_buffer_name(rank: int | str | None = None) -> str:
             f"{os.environ.get('MASTER_PORT', '(null)')}_{rank}")
 
 
-def unlink_shm_buffer() -> None:
-    """Remove this process's all-reduce file; processes that mapped it keep their mapping until they exit."""
+def unlink_shm_buffer(name: str | None = None) -> None:
+    """Remove an all-reduce file (default: this process's now); processes that mapped it keep their mapping."""
     from pathlib import Path
 
     with contextlib.suppress(OSError):
-        (Path("/dev/shm") / shm_buffer_name()).unlink()
+        (Path("/dev/shm") / (name or shm_buffer_name())).unlink()

@@ -48,14 +48,19 @@ def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fa
     """
     main = tracker is not None
     preflight(spec.cells(), spec.source)  # every cell checked before the parent run exists
-    parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
+    devices = None
     if jobs > 1:
         from triadapt_runner.grid.placement import Devices
+
+        devices = Devices.of_this_machine(gpus_per_cell)
+        for cell in spec.cells():  # each cell fits this machine with these settings, or nothing starts
+            devices.check(cell.config.train.num_processes)
+    parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
+    if devices is not None:
         from triadapt_runner.grid.workers import LocalProcesses
 
         executor: CellExecutor = LocalProcesses(jobs, tracker=tracker, parent_id=parent_id, grid=spec.name,
-                                                checkpoint_root=checkpoint_root,
-                                                devices=Devices.of_this_machine(gpus_per_cell))
+                                                checkpoint_root=checkpoint_root, devices=devices)
     else:
         executor = SerialExecutor(tracker, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root)
     try:
@@ -72,7 +77,7 @@ def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fa
     return GridOutcome(parent_id, outcomes)
 
 
-GROWING = ("triadapt", "increlora-style", "peft-adalora")
+GROWING_IN_0_1 = ("triadapt", "increlora-style", "peft-adalora")  # runs logged before the allocates_ranks tag
 
 
 def log_rank_figure(tracker: Tracker, parent_id: str) -> str | None:
@@ -86,7 +91,8 @@ def log_rank_figure(tracker: Tracker, parent_id: str) -> str | None:
     chosen: dict[str, Any] = {}
     for run in sorted(tracker.children(parent_id), key=lambda r: (r.info.start_time, int(r.data.tags[f"{T}seed"]))):
         tags = run.data.tags
-        allocates = tags.get(f"{T}approach", "triadapt") in GROWING and tags.get(f"{T}threshold") != "none"
+        allocates = tags[f"{T}allocates_ranks"] == "true" if f"{T}allocates_ranks" in tags else (  # 0.1 runs
+            tags.get(f"{T}approach", "triadapt") in GROWING_IN_0_1 and tags.get(f"{T}threshold") != "none")
         kept = tags.get(f"{T}selection") != "rejected"  # a value the grid's selection did not choose
         if run.info.status == FINISHED and allocates and kept and tags[f"{T}method"] not in chosen:
             chosen[tags[f"{T}method"]] = run
@@ -107,11 +113,6 @@ def log_rank_figure(tracker: Tracker, parent_id: str) -> str | None:
 def _open_grid(spec: GridSpec, tracker: Tracker, force: bool) -> tuple[str, dict[str, str]]:
     parent_id = _parent(spec, tracker, force)
     return parent_id, _finished_cells(tracker, parent_id)
-
-
-def _say(main: bool, line: str) -> None:
-    if main:
-        print(line, flush=True)
 
 
 def _parent(spec: GridSpec, tracker: Tracker, force: bool) -> str:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 from triadapt_runner.grid.outcome import CellOutcome
 from triadapt_runner.grid.spec import Cell
 
+JOB_TAG = "triadapt.job_id"  # one per start of a cell's job
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
@@ -36,33 +39,45 @@ def run_cell_as_job(tracker: Any, cell: Cell, parent_id: str | None, grid: str |
     spec = {"uri": tracker.uri, "experiment": tracker.experiment, "parent_id": parent_id, "grid": grid,
             "cell": {"id": cell.id, "config": cell.config.to_dict(), "axes": cell.axes, "seed": cell.seed,
                      "row": cell.row},
-            "checkpoint_root": str(checkpoint_root) if checkpoint_root else None, "extra_tags": extra_tags}
+            "checkpoint_root": str(checkpoint_root) if checkpoint_root else None}
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    if not torch.cuda.is_available() and not setup_for(cell.config.train, processes).shares_work_through_deepspeed:
-        env["ACCELERATE_USE_CPU"] = "1"  # DDP on CPU: else accelerate starts unsynchronised processes
+    env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // processes))  # this process's share, split
+    env.update(setup_for(cell.config.train, processes).launch_environment())
+    tags = {**(extra_tags or {}), JOB_TAG: uuid.uuid4().hex}  # finds this job's run, and no other
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cell.json"
-        path.write_text(json.dumps(spec))
+        path.write_text(json.dumps({**spec, "extra_tags": tags}))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), "-m", "triadapt_runner.grid.job_process", str(path)]
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return _outcome(tracker, cell, parent_id, proc)
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=_end_with_parent)
+    return _outcome(tracker, cell, tags[JOB_TAG], proc)
 
 
-def _outcome(tracker: Any, cell: Cell, parent_id: str | None, proc: subprocess.CompletedProcess) -> CellOutcome:
+def _end_with_parent() -> None:
+    """torchrun gets SIGTERM (and stops its processes) when the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # elsewhere: an interrupted grid may leave the job to finish on its own
+
+
+def _outcome(tracker: Any, cell: Cell, job_id: str, proc: subprocess.CompletedProcess) -> CellOutcome:
     from triadapt_runner.tracking.runs import FAILED, FINISHED, RUNNING, TAG_PREFIX
 
-    runs = [r for r in tracker.runs(f"tags.`{TAG_PREFIX}cell_id` = '{cell.id}'")
-            if parent_id is None or r.data.tags.get("mlflow.parentRunId") == parent_id]
-    run = max(runs, key=lambda r: r.info.start_time) if runs else None
-    if proc.returncode == 0 and run is not None and run.info.status == FINISHED:
+    runs = tracker.runs(f"tags.`{JOB_TAG}` = '{job_id}'")
+    run = runs[0] if runs else None
+    if run is not None and run.info.status == FINISHED:  # trained and logged (a failure after that is teardown)
         metrics = {k[len("result_"):]: v for k, v in run.data.metrics.items() if k.startswith("result_")}
         return CellOutcome(cell, "finished", run.info.run_id, metrics=metrics)
     error = _last_error(proc)
-    if run is not None and run.info.status == RUNNING:  # the job's first process died before it could close it
-        tracker.set_tag(run.info.run_id, f"{TAG_PREFIX}error", error)
-        tracker.end_run(run.info.run_id, FAILED)
+    if run is not None:
+        tracker.log_text(run.info.run_id, "job_stderr.txt", (proc.stderr or "")[-200_000:])  # the whole story
+        if run.info.status == RUNNING:  # the job's first process died before it could close it
+            tracker.set_tag(run.info.run_id, f"{TAG_PREFIX}error", error)
+            tracker.end_run(run.info.run_id, FAILED)
     return CellOutcome(cell, "failed", run.info.run_id if run else None, error=error)
 
 

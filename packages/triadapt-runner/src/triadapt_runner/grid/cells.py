@@ -42,7 +42,9 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
     tags = {f"{T}cell_id": cell.id, f"{T}method": cfg.label, f"{T}task": cfg.data.task, f"{T}seed": str(cell.seed),
             f"{T}config_hash": cfg.config_hash(), f"{T}role": "cell", f"{T}model": cfg.model,
             f"{T}approach": cfg.approach}
-    tags.update({f"{T}{key}": value for key, value in method_for(cfg).strategy_tags(cfg).items()})
+    method = method_for(cfg)
+    tags.update({f"{T}{key}": value for key, value in method.strategy_tags(cfg).items()})
+    tags[f"{T}allocates_ranks"] = str(method.allocates_ranks(cfg)).lower()
     tags.update({f"{T}{key}": value for key, value in provenance_tags(cfg).items()})
     tags.update({f"{T}axis.{k}": str(v) for k, v in cell.axes.items()})
     tags.update(extra_tags or {})

@@ -23,7 +23,7 @@ SHARE_STEPS = 1000  # GPU shares are counted in thousandths: 0.25 and 0.1 add up
 class Placement:
     """Where one cell runs: its GPUs (their indices on the machine; empty on CPU) and its CPU threads."""
 
-    gpus: tuple[int, ...]
+    gpus: tuple[int | str, ...]
     threads: int
     share: int = SHARE_STEPS  # thousandths of each of its GPUs it holds
 
@@ -39,10 +39,10 @@ class Placement:
 class Devices:
     """The machine's GPUs and CPU threads, and what running cells hold of them."""
 
-    gpus: list[int]
+    gpus: list[int | str]  # as CUDA_VISIBLE_DEVICES names them (indices or UUIDs)
     threads: int
     gpus_per_cell: float = 1.0
-    free_share: dict[int, int] = field(init=False)
+    free_share: dict[int | str, int] = field(init=False)
     free_threads: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,7 +57,8 @@ class Devices:
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = [int(x) for x in visible.split(",") if x.strip()] if visible else list(range(count))
+        # CUDA_VISIBLE_DEVICES may hold indices or UUIDs: passed on to the cells as written
+        ids = [x.strip() for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(count)]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return cls(ids[:count], cores, gpus_per_cell)
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from triadapt_runner.distributed.processes import main_only
+from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid.cells import CellOutcome, outcome_line
 from triadapt_runner.grid.choosing import CHOSEN, apply_selection
 from triadapt_runner.grid.executors import CellExecutor
@@ -44,7 +45,7 @@ def run_scheduled(spec: GridSpec, executor: CellExecutor, *, tracker: Any, paren
         bar.update(1)
         say(outcome_line(outcome))
         cell = outcome.cell
-        if cell.id not in selecting.get(cell.row, ()):
+        if cell.id not in selecting.get(cell.row, ()) or stopped():  # fail-fast: nothing more is chosen or started
             return
         selecting[cell.row].discard(cell.id)
         if not selecting[cell.row]:  # the row's last selection cell: choose, then its other seeds come first
@@ -68,6 +69,9 @@ def run_scheduled(spec: GridSpec, executor: CellExecutor, *, tracker: Any, paren
                 queue.popleft()
                 executor.start(cell, tags)
             if not executor.running:
+                if queue and not stopped():  # the next cell can never start: its devices do not exist here
+                    raise RunnerError(f"cell {queue[0][0].id} ({queue[0][0].method}) cannot start: it needs more "
+                                      f"devices than this machine has free with nothing running")
                 break
             for outcome in executor.wait():
                 ended(outcome)

@@ -11,7 +11,7 @@ import warnings
 from typing import Any
 
 from triadapt_runner.methods.base import Adapted, Method, MethodPlan, RankRecord
-from triadapt_runner.methods.registry import MethodRegistry, method_for, methods
+from triadapt_runner.methods.registry import MethodRegistry, method_for, methods, use_methods
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +23,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Adapted", "Method", "MethodPlan", "MethodRegistry", "RankRecord", "method_for", "methods"]
+__all__ = ["Adapted", "Method", "MethodPlan", "MethodRegistry", "RankRecord", "method_for", "methods", "use_methods"]

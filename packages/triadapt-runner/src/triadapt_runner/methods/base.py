@@ -113,6 +113,10 @@ class Method(ABC):
     def label(self, cfg: Any) -> str:
         return self.name
 
+    def allocates_ranks(self, cfg: Any) -> bool:
+        """Whether a run's ranks change during training (its final ranks then get a panel in the grid's figure)."""
+        return False
+
     def strategy_tags(self, cfg: Any) -> dict[str, str]:
         """The strategy names a run of this method uses (MLflow tags ``triadapt.structure`` and the like)."""
         return {}

@@ -112,6 +112,9 @@ class PeftAdaLora(Method):
                               f"one step before; use a smaller tinit or tfinal, or a longer run")
         return settings
 
+    def allocates_ranks(self, cfg: Any) -> bool:
+        return True
+
     def plan(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> MethodPlan:
         _needs_peft(self.name)
         names, _ = _targets(model, cfg)

@@ -60,6 +60,9 @@ class PeftTuners(Method):
 
     name = "peft"
 
+    def allocates_ranks(self, cfg: Any) -> bool:
+        return cfg.peft["peft_type"] == "ADALORA"  # the one peft tuner whose ranks change as it trains
+
     def validate(self, cfg: Any) -> None:
         super().validate(cfg)  # the adapter section: its targets and heads are this method's too
         section = cfg.peft

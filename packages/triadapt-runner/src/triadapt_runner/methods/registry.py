@@ -3,7 +3,8 @@
 Built-ins register through the ``triadapt_methods`` hook like any plugin. Each entry point of the
 group ``triadapt.methods`` is loaded behind its own error barrier: a failing plugin is recorded
 (name, distribution, error) and skipped, or raises under ``TRIADAPT_STRICT_PLUGINS=1`` (or
-``strict``). A name offered twice is an error naming both distributions.
+``strict``). A name offered twice stays with the first plugin (built-ins first); the second one's
+entry in `triadapt plugins` names the clash and both distributions.
 """
 
 from __future__ import annotations
@@ -91,11 +92,11 @@ class MethodRegistry:
                     self._fail(info, f"hook triadapt_methods failed: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
                 for method in methods:
-                    if method.name in table:
+                    if method.name in table:  # the first keeps it; the clash is this plugin's error (listed)
                         other = self.infos[table[method.name][1]]
-                        raise RunnerError(f"approach {method.name!r} is provided twice: by {other.name!r} (distribution "
-                                          f"{other.distribution!r}) and by {info.name!r} (distribution "
-                                          f"{info.distribution!r}); uninstall or rename one")
+                        self._fail(info, f"offers approach {method.name!r}, already provided by {other.name!r} "
+                                         f"(distribution {other.distribution!r}); uninstall or rename one")
+                        continue
                     table[method.name] = (method, impl.plugin_name)
                     info.methods.append(method.name)
             self._table = dict(sorted(table.items(), key=lambda item: _builtin_first(self, item)))

@@ -43,6 +43,9 @@ class TriAdapt(Method):
         a = {**TriAdaptConfig().to_dict(), **cfg.adapter}
         return f"{a['structure']}/{a['scorer']}/{a['threshold']}"
 
+    def allocates_ranks(self, cfg: Any) -> bool:
+        return cfg.adapter_config(None).threshold_grows
+
     def strategy_tags(self, cfg: Any) -> dict[str, str]:
         a = cfg.adapter_config(None)
         return {"structure": a.structure, "scorer": a.scorer, "threshold": a.threshold}
