@@ -1,4 +1,4 @@
-"""Growth follows optimizer steps, not micro-batches (USERS.md 4)."""
+"""Growth follows optimizer steps, not micro-batches: gradient accumulation must not speed up the schedule."""
 
 import pytest
 import torch

@@ -2,7 +2,7 @@
 
 ``R = mean over the 2M factors of ‖P − I‖_F`` with ``P = A Aᵀ`` and ``P = Bᵀ B`` (both r×r,
 active rank only). The paper writes AᵀA, which is n×n and cannot be the identity for
-r < n; the r×r Gram matrices are meant (ALGORITHM.md §6). ``squared=True`` uses the
+r < n; the r×r Gram matrices are meant (the only reading under which R can vanish). ``squared=True`` uses the
 squared norm of the literal Eq. 10. The caller adds ``λ · R`` to its loss.
 """
 

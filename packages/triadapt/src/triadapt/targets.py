@@ -16,7 +16,7 @@ from torch import nn
 from triadapt.errors import TargetError
 from triadapt.layer import is_adaptable
 
-# The six linear kinds of each transformer layer the paper adapts (ALGORITHM.md §7).
+# The six linear kinds of each transformer layer the paper adapts (its GLUE setup: Wq, Wk, Wv, Wo, Wf1, Wf2).
 _BERT_LIKE = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 _DEBERTA = ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"]
 _LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -83,10 +83,11 @@ class LocalProcesses(CellExecutor):
         return len(self.futures)
 
     def cancel(self) -> None:
-        for pool in {id(p): p for _, _, p in self.futures.values()}.values():
-            _stop(pool)
+        pools = {id(p): p for _, _, p in self.futures.values()}
         if self.shared is not None:
-            _stop(self.shared)
+            pools[id(self.shared)] = self.shared
+        for pool in pools.values():  # each once: a pool that is shut down has no processes left to list
+            _stop(pool)
         self._restore_signal()
 
     def close(self) -> None:
@@ -121,7 +122,7 @@ def _outcome(future: Future, cell: Cell) -> Any:
 def _stop(pool: ProcessPoolExecutor) -> None:
     """End the running workers (SIGKILL: a library's SIGTERM handler cannot keep one training), then cancel what
     has not started; their open runs are marked KILLED on resume."""
-    for process in list(getattr(pool, "_processes", {}).values()):  # no public handle before Python 3.14
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle before 3.14
         process.kill()
     pool.shutdown(wait=False, cancel_futures=True)
 
