@@ -1,4 +1,4 @@
-"""Default target sets on tiny random DeBERTa-v2 (v3-style) and GPT-2 models: injection trains."""
+"""Default target sets on a tiny random model of every family that has one: injection trains and grows."""
 
 import pytest
 import torch
@@ -15,22 +15,45 @@ def deberta():
     return DebertaV2ForSequenceClassification(config), 6
 
 
+def deberta_v1():
+    import transformers
+
+    config = transformers.DebertaConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=128, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                        max_relative_positions=32, num_labels=2)
+    return transformers.DebertaForSequenceClassification(config), 4  # in_proj (q, k, v fused), 3 dense
+
+
+def bert_like(config_name, model_name):
+    def build():
+        import transformers
+
+        config = getattr(transformers, config_name)(vocab_size=200, hidden_size=64, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=128, num_labels=2,
+                                                    max_position_embeddings=64, pad_token_id=0)
+        return getattr(transformers, model_name)(config), 6
+    return build
+
+
 def gpt2():
     config = GPT2Config(vocab_size=200, n_embd=64, n_layer=2, n_head=4, n_positions=64, num_labels=2,
                         pad_token_id=0)
     return GPT2ForSequenceClassification(config), 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj
 
 
-@pytest.mark.parametrize("factory", [deberta, gpt2], ids=["deberta-v2", "gpt2"])
+@pytest.mark.parametrize("factory", [deberta, deberta_v1, bert_like("BertConfig", "BertForSequenceClassification"),
+                                     bert_like("RobertaConfig", "RobertaForSequenceClassification"),
+                                     bert_like("XLMRobertaConfig", "XLMRobertaForSequenceClassification"), gpt2],
+                         ids=["deberta-v2", "deberta", "bert", "roberta", "xlm-roberta", "gpt2"])
 def test_default_targets_train_and_grow(factory):
     torch.manual_seed(0)
     model, per_layer = factory()
     ctl = inject(model, TriAdaptConfig(warmup_steps=2, growth_interval=2, total_steps=20, ref_rank=2, seed=0))
     assert len(ctl.layers) == 2 * per_layer
-    assert ctl.heads in (["classifier"], ["score"])
+    assert ctl.heads[-1:] in (["classifier"], ["score"])  # DeBERTa v1 also trains its pooler
     ids = torch.randint(1, 200, (8, 12), generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1] * 4)
-    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=1e-2)
+    optimizer = torch.optim.AdamW(list(ctl.trainable_parameters()), lr=2e-2)
     ctl.attach(optimizer)
     losses = []
     for _ in range(20):
@@ -94,6 +117,7 @@ DECODERS = [
     ("qwen2-moe", _decoder("Qwen2MoeConfig", "Qwen2MoeForCausalLM"), 7),  # attention + shared expert
     ("qwen3-moe", _decoder("Qwen3MoeConfig", "Qwen3MoeForCausalLM"), 4),  # experts are fused 3-D tensors
     ("mixtral", _decoder("MixtralConfig", "MixtralForCausalLM"), 4),
+    ("olmoe", _decoder("OlmoeConfig", "OlmoeForCausalLM"), 4),  # attention only: its experts are fused
 ]
 
 

@@ -16,7 +16,7 @@ TINY_LM = {"data": {"max_train_samples": 24, "max_eval_samples": 6, "max_length"
            "adapter": {"ref_rank": 2}}
 
 
-def tiny_llama(folder, pad=True, context=128):
+def tiny_llama(folder, pad=True, context=128, hidden=32):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -25,8 +25,9 @@ def tiny_llama(folder, pad=True, context=128):
     if not pad:
         tokenizer.pad_token = None
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=context,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.cls_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)

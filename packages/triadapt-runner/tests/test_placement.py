@@ -1,4 +1,4 @@
-"""Which devices each `--jobs` cell gets, with injected GPU lists (no GPU needed)."""
+"""Which devices each `--jobs` cell gets and what a `--backend ray` cell reserves, with injected GPU and node lists."""
 
 import pytest
 
@@ -70,3 +70,50 @@ def test_gpus_per_cell_out_of_range(value):
 @pytest.mark.parametrize("value", [1, 2, 0.5, 0.25, 0.2, 0.1])
 def test_gpus_per_cell_valid(value):
     check_gpus_per_cell(value)
+
+
+# -- --backend ray: what a cell reserves on a cluster, from injected node lists (no Ray needed) -----------------
+def ray_cell(processes=1, threads=None):
+    from triadapt_runner.config import RunConfig
+    from triadapt_runner.grid.spec import Cell
+
+    cfg = RunConfig.from_dict({"task": "rotten_tomatoes", "train": {"num_processes": processes, "threads": threads}})
+    return Cell("c1", cfg, {}, 0)
+
+
+def test_ray_cells_reserve_threads_per_process_and_gpus_only_where_there_are_any():
+    from triadapt_runner.grid.ray_tasks import RayCluster
+
+    cpus_only = RayCluster(None, [{"CPU": 2.0}, {"CPU": 2.0}])
+    assert cpus_only.need(ray_cell(), 1.0) == (1.0, 0)
+    assert cpus_only.need(ray_cell(2, threads=2), 1.0) == (4.0, 0)
+    assert cpus_only.totals == (4.0, 0)
+    gpus = RayCluster(None, [{"CPU": 16.0, "GPU": 8.0}, {"CPU": 16.0, "GPU": 8.0}])
+    assert gpus.need(ray_cell(), 1.0) == (1.0, 1000)
+    assert gpus.need(ray_cell(), 0.25) == (1.0, 250)  # a quarter of a card: Ray's num_gpus=0.25
+    assert gpus.need(ray_cell(4), 1.0) == (4.0, 4000)
+    assert gpus.need(ray_cell(2), 2.0) == (2.0, 4000)
+    assert gpus.totals == (32.0, 16000)
+    with pytest.raises(RunnerError, match=r"train.num_processes=2 is invalid with --gpus-per-cell 0.5"):
+        gpus.need(ray_cell(2), 0.5)
+
+
+def test_ray_cell_that_no_node_holds_is_refused():
+    from triadapt_runner.grid.ray_tasks import RayCluster
+
+    cluster = RayCluster(None, [{"CPU": 4.0, "GPU": 2.0}, {"CPU": 8.0}])
+    cluster.check([ray_cell(2)], 1.0)  # 2 CPUs and 2 GPUs on the first node
+    with pytest.raises(RunnerError, match=r"needs 3 CPUs and 3 GPUs on one node, its largest node has 4 CPUs and 2"):
+        cluster.check([ray_cell(3)], 1.0)  # 3 GPUs in all, but not on one node
+    with pytest.raises(RunnerError, match=r"needs 6 CPUs and 2 GPUs on one node"):
+        cluster.check([ray_cell(2, threads=3)], 1.0)
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///m.db", "sqlite:////abs/m.db", "file:///tmp/mlruns", "./mlruns"])
+def test_ray_cluster_of_several_nodes_refuses_local_stores(uri):
+    from triadapt_runner.grid.ray_tasks import RayCluster
+
+    RayCluster(None, [{"CPU": 2.0}]).check_tracking(uri)  # one node: its own disk serves
+    RayCluster(None, [{"CPU": 2.0}, {"CPU": 2.0}]).check_tracking("http://10.0.0.5:5000")
+    with pytest.raises(RunnerError, match=r"is invalid for a Ray cluster of 2 nodes: .*`mlflow server "):
+        RayCluster(None, [{"CPU": 2.0}, {"CPU": 2.0}]).check_tracking(uri)

@@ -15,7 +15,9 @@ pytest.importorskip("bitsandbytes", reason="the runner env installs triadapt-run
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    return tiny_llama(tmp_path_factory.mktemp("llama-q"))
+    # 64 features: on CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights in blocks of 64 input features
+    # (a 32-feature layer fails there with "shape '[32, 0]' is invalid")
+    return tiny_llama(tmp_path_factory.mktemp("llama-q"), hidden=64)
 
 
 def one_epoch(llama, **extra):

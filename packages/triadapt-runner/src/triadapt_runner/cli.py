@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import yaml
 
 from triadapt.errors import TriAdaptError
-from triadapt_runner.console import quiet_libraries, quiet_mlflow, quiet_without_imports
+from triadapt_runner.console import quiet_libraries, quiet_mlflow, quiet_optional_kernels, quiet_without_imports
 
 EXIT_BAD_INPUT = 2
 
@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from triadapt_runner.distributed.launch import ensure_offline_defaults
 
     ensure_offline_defaults()
+    quiet_optional_kernels()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -66,12 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     ablate.add_argument("--force", action="store_true", help="start a new parent run if the spec changed")
     ablate.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
-    ablate.add_argument("--jobs", type=int, default=1, metavar="N",
+    ablate.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="run up to N cells at once, each in a worker process, each as soon as it can (default 1); "
-                             "each holds its share of the CPU cores and, with GPUs, GPUs of its own")
+                             "each holds its share of the CPU cores and, with GPUs, GPUs of its own. With --backend "
+                             "ray: at most N cells at once (default: as many as the cluster has room for)")
     ablate.add_argument("--gpus-per-cell", type=float, default=1.0, metavar="G",
-                        help="with --jobs on a GPU machine: whole GPUs per process of a cell (default 1), or a "
-                             "fraction 1/k of one GPU so that k small cells share it (e.g. 0.25)")
+                        help="with --jobs or --backend ray where there are GPUs: whole GPUs per process of a cell "
+                             "(default 1), or a fraction 1/k of one GPU so that k small cells share it (e.g. 0.25)")
+    ablate.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="where cells run: this machine (default), or Ray tasks on a Ray cluster (--ray-address, "
+                             "else $RAY_ADDRESS, else a local Ray instance); needs triadapt-runner[ray]")
+    ablate.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="with --backend ray: the cluster's head node (default: $RAY_ADDRESS, else a local Ray "
+                             "instance on this machine)")
     _checkpoint_arg(ablate)
     _tracking_args(ablate, default_experiment=None)
     ablate.set_defaults(handler=_ablate)
@@ -155,15 +163,24 @@ def _ablate(args: argparse.Namespace) -> int:
     from triadapt_runner.grid.spec import load_grid
     from triadapt_runner.grid.placement import check_gpus_per_cell, check_jobs
 
-    check_jobs(args.jobs)
+    check_jobs(args.jobs, args.backend)
+    if args.ray_address and args.backend != "ray":
+        from triadapt_runner.errors import RunnerError
+
+        raise RunnerError(f"--ray-address={args.ray_address} is invalid without --backend ray: add --backend ray, "
+                          f"or leave the address out to run on this machine")
     check_gpus_per_cell(args.gpus_per_cell)
+    if args.backend == "ray":
+        from triadapt_runner.grid.ray_tasks import require_ray
+
+        require_ray()
     spec = load_grid(args.grid)
     if args.dry_run:
         from triadapt_runner.errors import RunnerError
         from triadapt_runner.preflight import dry_run_lines
 
         quiet_without_imports()
-        lines, invalid = dry_run_lines(spec)
+        lines, invalid = dry_run_lines(spec, devices_here=args.backend == "local")
         print("\n".join(lines))
         if invalid:
             raise RunnerError(f"{args.grid}: {invalid} of {len(spec.cells())} cells are invalid (listed above)")
@@ -178,7 +195,7 @@ def _ablate(args: argparse.Namespace) -> int:
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment or spec.experiment), share=False)
     outcome = run_grid(spec, tracker, force=args.force, fail_fast=args.fail_fast,
                        progress=not args.no_progress, checkpoint_root=args.checkpoint_dir, jobs=args.jobs,
-                       gpus_per_cell=args.gpus_per_cell)
+                       gpus_per_cell=args.gpus_per_cell, backend=args.backend, ray_address=args.ray_address)
     if not outcome.failed:
         leave_processes()
     if main:

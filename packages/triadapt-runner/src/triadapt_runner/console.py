@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def quiet_optional_kernels() -> None:
+    """Every command: bitsandbytes' import (through peft) warns that an optional CPU kernel package is missing."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def quiet_without_imports() -> None:
     """Checks only: transformers and datasets read these when (and if) they are imported."""
     import os

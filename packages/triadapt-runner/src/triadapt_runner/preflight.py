@@ -52,8 +52,9 @@ def optimizer_steps(items: int, train: Any, world: int) -> int:
 class Preflight:
     """Checks cells, sharing the loaded data, meta models and tokenizers between them."""
 
-    def __init__(self, world: int | None = None):
+    def __init__(self, world: int | None = None, devices_here: bool = True):
         self.world = world or world_size()
+        self.devices_here = devices_here  # False: the cells run elsewhere (a Ray cluster), which checks them
         self._rows: dict[str, Any] = {}
         self._models: dict[tuple[str, str, str], Any] = {}
         self._tokenizers: dict[str, Any] = {}
@@ -89,7 +90,7 @@ class Preflight:
             raise RunnerError(f"train.num_processes={processes} is invalid under a multi-process launch (world size "
                               f"{self.world}): the runner starts such a cell's processes itself; run a plain "
                               f"`triadapt` command")
-        if processes > 1:
+        if processes > 1 and self.devices_here:
             from triadapt_runner.grid.placement import Devices
 
             Devices.of_this_machine().check(processes)
@@ -133,16 +134,19 @@ class Preflight:
         return self._tokenizers[name]
 
 
-def check_cells(cells: list[Cell]) -> list[CellCheck]:
-    """Every cell checked; unsupported launch settings (FSDP, fp16) fail at once."""
+def check_cells(cells: list[Cell], devices_here: bool = True) -> list[CellCheck]:
+    """Every cell checked; unsupported launch settings (FSDP, fp16) fail at once.
+
+    ``devices_here``: whether a cell's processes must fit this machine (False for cells a Ray cluster runs).
+    """
     check_launch_environment()
-    preflight = Preflight()
+    preflight = Preflight(devices_here=devices_here)
     return [preflight.check(cell) for cell in cells]
 
 
-def preflight(cells: list[Cell], source: str | None = None) -> list[CellCheck]:
+def preflight(cells: list[Cell], source: str | None = None, devices_here: bool = True) -> list[CellCheck]:
     """Check every cell; raise one line naming the first invalid cell (and how many are invalid)."""
-    checks = check_cells(cells)
+    checks = check_cells(cells, devices_here)
     bad = [c for c in checks if not c.ok]
     if not bad:
         return checks
@@ -153,9 +157,9 @@ def preflight(cells: list[Cell], source: str | None = None) -> list[CellCheck]:
                       f"cell {first.cell.id} ({first.cell.method}, seed {first.cell.seed}): {first.error}")
 
 
-def dry_run_lines(spec: Any) -> tuple[list[str], int]:
+def dry_run_lines(spec: Any, devices_here: bool = True) -> tuple[list[str], int]:
     """A grid's cells, each checked as before a real run, with its schedule or its error; and how many are invalid."""
-    checks = check_cells(spec.cells())
+    checks = check_cells(spec.cells(), devices_here)
     invalid = sum(1 for c in checks if not c.ok)
     lines = [f"grid {spec.name!r}: {len(checks)} cells (spec {spec.spec_hash}, experiment {spec.experiment})"
              + (f"; {invalid} invalid" if invalid else "")]

@@ -37,30 +37,54 @@ class GridOutcome:
 
 
 def run_grid(spec: GridSpec, tracker: Tracker | None, *, force: bool = False, fail_fast: bool = False,
-             progress: bool = True, checkpoint_root: str | Path | None = None, jobs: int = 1,
-             gpus_per_cell: float = 1.0) -> GridOutcome:
+             progress: bool = True, checkpoint_root: str | Path | None = None, jobs: int | None = None,
+             gpus_per_cell: float = 1.0, backend: str = "local", ray_address: str | None = None) -> GridOutcome:
     """Run the grid's cells; under a multi-process launch every process calls this, the main one with the tracker.
 
     The order and the selection protocol are the grid's schedule (`triadapt_runner.grid.schedule`); the
     cells run on an executor (`triadapt_runner.grid.executors`): one at a time in this process, or with
     ``jobs`` > 1 (one process only) up to that many at once in worker processes, each on its own devices
-    (``gpus_per_cell``: whole GPUs per process, or a fraction of one).
+    (``gpus_per_cell``: whole GPUs per process, or a fraction of one). With ``backend="ray"`` they are
+    Ray tasks on the cluster at ``ray_address`` (else ``$RAY_ADDRESS``, else a local Ray instance), at most
+    ``jobs`` at once when given. Everything is checked, and the cluster reached, before the parent run exists.
     """
     main = tracker is not None
-    preflight(spec.cells(), spec.source)  # every cell checked before the parent run exists
-    devices = None
-    if jobs > 1:
+    on_ray = backend == "ray"
+    preflight(spec.cells(), spec.source, devices_here=not on_ray)  # every cell checked before the parent run exists
+    devices = cluster = None
+    if on_ray:
+        from triadapt_runner.grid.ray_tasks import connect, disconnect
+
+        cluster = connect(ray_address)
+        try:
+            cluster.check(spec.cells(), gpus_per_cell)
+            cluster.check_tracking(tracker.uri)
+        except RunnerError:
+            disconnect()
+            raise
+    elif (jobs or 1) > 1:
         from triadapt_runner.grid.placement import Devices
 
         devices = Devices.of_this_machine(gpus_per_cell)
         for cell in spec.cells():  # each cell fits this machine with these settings, or nothing starts
             devices.check(cell.config.train.num_processes)
-    parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
-    if devices is not None:
+    try:
+        parent_id, done = main_only(lambda: _open_grid(spec, tracker, force))
+    except BaseException:
+        if cluster is not None:
+            disconnect()
+        raise
+    executor: CellExecutor
+    if cluster is not None:
+        from triadapt_runner.grid.ray_tasks import RayTasks
+
+        executor = RayTasks(cluster, tracker=tracker, parent_id=parent_id, grid=spec.name,
+                            checkpoint_root=checkpoint_root, gpus_per_cell=gpus_per_cell, max_cells=jobs)
+    elif devices is not None:
         from triadapt_runner.grid.workers import LocalProcesses
 
-        executor: CellExecutor = LocalProcesses(jobs, tracker=tracker, parent_id=parent_id, grid=spec.name,
-                                                checkpoint_root=checkpoint_root, devices=devices)
+        executor = LocalProcesses(jobs or 1, tracker=tracker, parent_id=parent_id, grid=spec.name,
+                                  checkpoint_root=checkpoint_root, devices=devices)
     else:
         executor = SerialExecutor(tracker, parent_id, spec.name, progress=progress, checkpoint_root=checkpoint_root)
     try:

@@ -47,6 +47,7 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
     tags[f"{T}allocates_ranks"] = str(method.allocates_ranks(cfg)).lower()
     tags.update({f"{T}{key}": value for key, value in provenance_tags(cfg).items()})
     tags.update({f"{T}axis.{k}": str(v) for k, v in cell.axes.items()})
+    tags[f"{T}node"] = socket.gethostname()  # where it trains, beside on what (a Ray task: its node id)
     tags.update(extra_tags or {})
     if grid:
         tags[f"{T}grid"] = grid
@@ -95,7 +96,6 @@ def _log_result(tracker: Tracker, run_id: str, result: RunResult) -> None:
     tracker.set_tag(run_id, f"{T}world_size", str(result.world_size))
     if result.device:
         tracker.set_tag(run_id, f"{T}device", result.device)
-    tracker.set_tag(run_id, f"{T}node", socket.gethostname())  # where it trained, beside on what
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # the GPUs a --jobs worker was given
         tracker.set_tag(run_id, f"{T}visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
     tracker.log_metrics(run_id, {f"result_{k}": v for k, v in result.metrics.items()}, result.total_steps)

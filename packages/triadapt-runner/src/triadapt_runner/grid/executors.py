@@ -7,11 +7,15 @@ executors only run cells:
 * `SerialExecutor` trains each cell in this process (every process of a launched multi-process
   grid runs the same cells in the same order, the main one with the tracker);
 * `triadapt_runner.grid.workers.LocalProcesses` trains up to ``--jobs`` cells at once in worker
-  processes of this machine.
+  processes of this machine;
+* `triadapt_runner.grid.ray_tasks.RayTasks` trains them as Ray tasks, on a Ray cluster or a local Ray
+  instance.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -69,3 +73,27 @@ class SerialExecutor(CellExecutor):
     @property
     def running(self) -> int:
         return int(self._next is not None)
+
+
+def terminate_as_interrupt() -> Any:
+    """SIGTERM (`kill`, `timeout`, a scheduler) ends the grid as Ctrl-C does, workers included; the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+_trackers: dict[tuple[str, str], Any] = {}  # one per worker process and store
+
+
+def run_cell_with_own_tracker(cell: Cell, *, uri: str, experiment: str, parent_id: str, grid: str,
+                              checkpoint_root: Any, extra_tags: dict[str, str] | None) -> Any:
+    """A cell in a worker process (of ``--jobs`` or Ray): the process's own tracker on the grid's store."""
+    from triadapt_runner.tracking.runs import Tracker
+
+    tracker = _trackers.get((uri, experiment)) or _trackers.setdefault((uri, experiment), Tracker(uri, experiment))
+    return run_cell(tracker, cell, parent_id, grid, progress=False, checkpoint_root=checkpoint_root,
+                    extra_tags=extra_tags)

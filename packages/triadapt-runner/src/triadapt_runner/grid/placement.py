@@ -67,14 +67,7 @@ class Devices:
 
     def need(self, processes: int) -> tuple[int, int]:
         """(GPUs, thousandths of each) a cell of ``processes`` processes needs; (0, 0) on a CPU machine."""
-        if not self.gpus:
-            return 0, 0
-        if self.gpus_per_cell < 1:
-            if processes > 1:
-                raise RunnerError(f"train.num_processes={processes} is invalid with --gpus-per-cell "
-                                  f"{self.gpus_per_cell}: a cell with several processes needs whole GPUs")
-            return 1, round(self.gpus_per_cell * SHARE_STEPS)
-        return processes * int(self.gpus_per_cell), SHARE_STEPS
+        return gpu_need(processes, self.gpus_per_cell) if self.gpus else (0, 0)
 
     def check(self, processes: int) -> None:
         """Refuse a cell that could never start here (before anything starts)."""
@@ -108,6 +101,16 @@ class Devices:
         self.free_threads += placement.threads
 
 
+def gpu_need(processes: int, gpus_per_cell: float) -> tuple[int, int]:
+    """(GPUs, thousandths of each) a cell of ``processes`` processes needs where there are GPUs."""
+    if gpus_per_cell < 1:
+        if processes > 1:
+            raise RunnerError(f"train.num_processes={processes} is invalid with --gpus-per-cell {gpus_per_cell}: a "
+                              f"cell with several processes needs whole GPUs")
+        return 1, round(gpus_per_cell * SHARE_STEPS)
+    return processes * int(gpus_per_cell), SHARE_STEPS
+
+
 def check_gpus_per_cell(value: float) -> None:
     """Whole GPUs (1, 2, ...) or a fraction 1/k of one whose shares add up exactly (0.5, 0.25, 0.2, 0.1, ...)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
@@ -120,9 +123,11 @@ def check_gpus_per_cell(value: float) -> None:
                       f"of one (0.5, 0.25, 0.2, 0.1, ...)")
 
 
-def check_jobs(jobs: int) -> None:
-    if jobs < 1:
+def check_jobs(jobs: int | None, backend: str = "local") -> None:
+    """``--jobs`` (None: not given) and ``--backend``, before anything starts."""
+    if jobs is not None and jobs < 1:
         raise RunnerError(f"--jobs={jobs} is invalid: give the number of cells to run at once (1 or more)")
-    if jobs > 1 and world_size() > 1:
-        raise RunnerError(f"--jobs={jobs} is invalid under a multi-process launch (world size {world_size()}): "
-                          f"each job is its own process; use --jobs 1 or a plain `triadapt ablate`")
+    if world_size() > 1 and ((jobs or 1) > 1 or backend != "local"):
+        what = f"--jobs={jobs}" if backend == "local" else f"--backend={backend}"
+        raise RunnerError(f"{what} is invalid under a multi-process launch (world size {world_size()}): "
+                          f"the runner starts each cell's processes itself; use a plain `triadapt ablate`")

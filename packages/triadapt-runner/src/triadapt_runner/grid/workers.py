@@ -12,12 +12,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from triadapt_runner.grid.cells import CellOutcome, run_cell
-from triadapt_runner.grid.executors import CellExecutor
+from triadapt_runner.grid.cells import CellOutcome
+from triadapt_runner.grid.executors import CellExecutor, run_cell_with_own_tracker, terminate_as_interrupt
 from triadapt_runner.grid.placement import Devices, Placement
 from triadapt_runner.grid.spec import Cell
 
@@ -44,7 +43,7 @@ class LocalProcesses(CellExecutor):
                            checkpoint_root=checkpoint_root)
         self.futures: dict[Future, tuple[Cell, Placement, ProcessPoolExecutor]] = {}
         self.reserved: dict[str, Placement] = {}
-        self.previous = _terminate_as_interrupt()
+        self.previous = terminate_as_interrupt()
 
     def _pool(self, workers: int, environment: dict[str, str]) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=self.context, initializer=_start_process,
@@ -65,7 +64,7 @@ class LocalProcesses(CellExecutor):
                                                                           self.threads)
         assert placement is not None, "start() without free devices"
         pool = self.shared or self._pool(1, placement.environment())
-        self.futures[pool.submit(_run_cell_here, cell, extra_tags=extra_tags, **self.worker)] = (cell, placement, pool)
+        self.futures[pool.submit(run_cell_with_own_tracker, cell, extra_tags=extra_tags, **self.worker)] = (cell, placement, pool)
 
     def wait(self) -> list[CellOutcome]:
         finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
@@ -101,17 +100,6 @@ class LocalProcesses(CellExecutor):
             self.previous = None
 
 
-def _terminate_as_interrupt() -> Any:
-    """SIGTERM (`kill`, `timeout`, a scheduler) ends the grid as Ctrl-C does, workers included; the old handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
-
-
 def _outcome(future: Future, cell: Cell) -> Any:
     try:
         return future.result()
@@ -136,15 +124,3 @@ def _start_process(threads: int, environment: dict[str, str]) -> None:
 
     torch.set_num_threads(threads)
     quiet_libraries()
-
-
-_trackers: dict[tuple[str, str], Any] = {}  # one per worker process and store
-
-
-def _run_cell_here(cell: Cell, *, uri: str, experiment: str, parent_id: str, grid: str, checkpoint_root: Any,
-                   extra_tags: dict[str, str] | None) -> Any:
-    from triadapt_runner.tracking.runs import Tracker
-
-    tracker = _trackers.get((uri, experiment)) or _trackers.setdefault((uri, experiment), Tracker(uri, experiment))
-    return run_cell(tracker, cell, parent_id, grid, progress=False, checkpoint_root=checkpoint_root,
-                    extra_tags=extra_tags)

