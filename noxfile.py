@@ -60,6 +60,8 @@ def gpu(session: nox.Session) -> None:
     session.run("python", "benchmarks/perf/gpu_sft.py", env={**OFFLINE, **os.environ})
     # training-step time, DeBERTa-v3-base-sized, bf16, batch 32 x 128: TriAdaptLoRA vs peft LoRA (issue #14)
     session.run("python", "benchmarks/perf/gpu_step.py", env={**OFFLINE, **os.environ})
+    # small cells packed on one card: --jobs 4 --gpus-per-cell 0.25 against one cell at a time (issue #28)
+    session.run("python", "benchmarks/perf/gpu_packing.py", env={**OFFLINE, **os.environ})
     session.run("python", "benchmarks/perf/report.py", env={**OFFLINE, **os.environ})  # its section of performance.md
 
 

@@ -216,3 +216,24 @@ def test_a_quantised_head_is_refused_by_name_and_a_float_head_trains(minilm_path
     ctl.model(**sentiment_batch).loss.backward()
     optimizer.step()
     assert not torch.equal(ctl.model.classifier.weight, before)  # the float head trained on the 4-bit encoder
+
+
+@pytest.mark.parametrize("quant_type,nested", [("nf4", False), ("fp4", False), ("nf4", True)])
+def test_dequantize_reads_the_cpu_inference_layout_and_leaves_the_layer_as_it_was(quant_type, nested):
+    """On CPUs with AVX512-BF16 an evaluated 4-bit layer repacks itself (blocks of 32 rows, transposed bfloat16
+    scales); the packing is done by hand here, so the path is tested on every CPU."""
+    import bitsandbytes.functional as bnbf
+
+    layer = bnb.nn.Linear4bit(128, 64, bias=False, compute_dtype=torch.float32, quant_type=quant_type)
+    weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)) * 0.02
+    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=quant_type, compress_statistics=nested,
+                                     module=layer).to("cpu")
+    standard = dequantize(layer)
+    layer.weight.data, layer.weight.quant_state = bnbf._convert_weight_packed_for_cpu(layer.weight.data,
+                                                                                     layer.weight.quant_state)
+    packed_data, packed_scales = layer.weight.data.clone(), layer.weight.quant_state.absmax.clone()
+    read = dequantize(layer)
+    # the same values, up to the scales' bfloat16 rounding (and, double-quantised, their 8-bit re-quantisation)
+    torch.testing.assert_close(read, standard, rtol=2 ** -7 if not nested else 2 ** -5, atol=1e-6)
+    assert layer.weight.quant_state.packing_format_for_cpu  # the layer still computes in its own layout
+    assert torch.equal(layer.weight.data, packed_data) and torch.equal(layer.weight.quant_state.absmax, packed_scales)

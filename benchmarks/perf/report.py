@@ -297,6 +297,25 @@ def gpu_step_section() -> list[str]:
     return lines
 
 
+def gpu_packing_section() -> list[str]:
+    lines = ["## On a CUDA GPU: small cells packed on one card (`--gpus-per-cell 0.25`)", ""]
+    if not (RESULTS / "gpu_packing.json").is_file():
+        return lines + ["`nox -s gpu` also runs `benchmarks/perf/gpu_packing.py`: the grid of the throughput section "
+                        "above on one GPU, one cell at a time against `--jobs 4 --gpus-per-cell 0.25` (four cells "
+                        "sharing the card). **Not measured yet**: no CUDA GPU was available to the sessions that "
+                        "built it. The placement itself is tested with injected GPU lists "
+                        "(`packages/triadapt-runner/tests/test_placement.py`); it has not run on a GPU.", ""]
+    g = load("gpu_packing")
+    lines += [f"{g['setup']}; {g['cells']} cells of {g['train_samples']} training examples; {g['date']}, commit "
+              f"{g['commit']}, {g['gpu']}, {g['machine']}.", "",
+              "| run | wall (s) | cells per hour | × one at a time | cells at once (most) | median cell run (s) | "
+              "devices given |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['wall_s']:.0f} | {r['cells_per_hour']:.0f} | {g['speedup'][name]:.2f} | "
+              f"{r['most_at_once']} | {r['median_cell_run_s']:.1f} | {', '.join(r['visible_devices']) or '-'} |"
+              for name, r in g["runs"].items()]
+    return lines + [""]
+
+
 def gpu_section() -> list[str]:
     lines = ["## On a CUDA GPU: SFT in bf16 under ZeRO-2 and ZeRO-3", ""]
     if not (RESULTS / "gpu_sft.json").is_file():
@@ -384,7 +403,7 @@ def main() -> None:
     text += inference_section(load("inference")) + memory_section(load("memory")) + cli_section(load("cli_latency"))
     text += grid_section(load("grid_throughput"))
     text += dispatch_section(load("dispatch")) + llm_section(load("llm")) + qlora_section(load("qlora"))
-    text += gpu_section() + gpu_step_section()
+    text += gpu_section() + gpu_step_section() + gpu_packing_section()
     (DOCS / "performance.md").write_text("\n".join(text))
     print(f"wrote {DOCS / 'performance.md'}")
 

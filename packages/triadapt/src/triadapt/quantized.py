@@ -129,17 +129,30 @@ def requantize(base: nn.Module, matrix: Tensor) -> None:
 
 
 def _unpacked_4bit(weight: Any) -> tuple[Tensor, Any]:
-    """The packed data and state in bitsandbytes' standard layout (CPU inference may have repacked them)."""
+    """The packed data and state in bitsandbytes' standard layout (CPU inference may have repacked them).
+
+    On CPUs with AVX512-BF16, a 4-bit layer evaluated without gradients repacks its weight for a fused kernel:
+    the data in blocks of 32 output rows, the block scales (``absmax``) transposed and in bfloat16.
+    bitsandbytes' inverse rewrites the state it is given and restores the scales' order only for double
+    quantisation, so it works on a copy here (the layer keeps computing with its own) and the plain scales are
+    put back in row order: the values the layer computes with, bfloat16 scales included.
+    """
     state = weight.quant_state
     if not getattr(state, "packing_format_for_cpu", False):
         return weight.data, state
+    import copy
+
     import bitsandbytes.functional as bnbf
 
     inverse = getattr(bnbf, "_convert_weight_packed_for_cpu_inverse", None)
     if inverse is None:
         raise QuantizationError("cannot merge a 4-bit weight in bitsandbytes' CPU inference layout with this "
                                 "bitsandbytes version: merge before evaluating, or on the training device")
-    return inverse(weight.data, state)
+    nested = getattr(state, "original_nested", False)
+    data, restored = inverse(weight.data, copy.deepcopy(state))
+    if not nested:
+        restored.absmax = restored.absmax.T.reshape(-1).float()
+    return data, restored
 
 
 def snapshot(base: nn.Module) -> tuple[Any, ...]:
