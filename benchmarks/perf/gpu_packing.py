@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from common import RESULTS, provenance
-from grid_throughput import grid, timeline
+from grid_throughput import ablate_timed, grid
 
 RUNS = {"one cell at a time": ([], 1), "--jobs 4 --gpus-per-cell 0.25": (["--jobs", "4", "--gpus-per-cell", "0.25"],
                                                                         4)}
@@ -60,14 +57,7 @@ def main() -> None:
     rows = {}
     for name, (flags, slots) in RUNS.items():
         experiment = "packing-" + str(slots)
-        launched, start = time.time(), time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "triadapt_runner.cli", "ablate", str(work / "grid.yaml"),
-                               "--tracking-uri", uri, "--experiment", experiment, "--no-progress", *flags],
-                              capture_output=True, text=True, env=env, cwd=work)
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed: {done.stderr[-1500:]}")
-        row = timeline(uri, experiment, launched)
+        wall, row = ablate_timed(work, uri, experiment, flags, env)
         peak, devices = most_at_once(uri, experiment)
         rows[name] = {"wall_s": wall, "cells_per_hour": 3600 * row["cells"] / wall, "most_at_once": peak,
                       "visible_devices": devices, **row}

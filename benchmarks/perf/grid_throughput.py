@@ -96,6 +96,18 @@ def timeline(url: str, experiment: str, launched: float) -> dict:
             "first_cell_after_grid_opened_s": spans[0][0] - parent.info.start_time / 1000}
 
 
+def ablate_timed(work: Path, uri: str, experiment: str, flags: list[str], env: dict[str, str]) -> tuple[float, dict]:
+    """`triadapt ablate work/grid.yaml` in a fresh process: its wall time and the `timeline` of its runs."""
+    launched, start = time.time(), time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "triadapt_runner.cli", "ablate", str(work / "grid.yaml"),
+                           "--tracking-uri", uri, "--experiment", experiment, "--no-progress", *flags],
+                          capture_output=True, text=True, env=env, cwd=work)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{experiment} failed: {done.stderr[-1500:]}")
+    return wall, timeline(uri, experiment, launched)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=8)
@@ -115,14 +127,7 @@ def main() -> None:
         for name, (flags, slots, threads) in BACKENDS.items():
             experiment = "throughput-" + name.replace(",", "").strip("- ").replace(" ", "-")
             (work / "grid.yaml").write_text(json.dumps(grid(args.cells, args.samples, threads)))
-            launched, start = time.time(), time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "triadapt_runner.cli", "ablate", str(work / "grid.yaml"),
-                                   "--tracking-uri", url, "--experiment", experiment, "--no-progress", *flags],
-                                  capture_output=True, text=True, env=env, cwd=work)
-            wall = time.perf_counter() - start
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed: {done.stderr[-1500:]}")
-            row = timeline(url, experiment, launched)
+            wall, row = ablate_timed(work, url, experiment, flags, env)
             rows[name] = {"wall_s": wall, "slots": slots, "cells_per_hour": 3600 * row["cells"] / wall, **row}
             print(f"{name:<24} {wall:7.1f} s  {rows[name]['cells_per_hour']:6.1f} cells/h  cell run "
                   f"{row['median_cell_run_s']:5.1f} s  gap {row['median_gap_between_cells_s']:5.1f} s  checks "

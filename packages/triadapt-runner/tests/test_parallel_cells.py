@@ -43,6 +43,9 @@ def test_cells_run_at_once_a_row_after_its_selection_with_the_serial_layout_and_
     for runs in rows.values():  # a row's seed 1 starts once both of its seed-0 selection cells have ended
         selection_end = max(r.info.end_time for r in runs if r.data.tags["triadapt.seed"] == "0")
         assert [r.info.start_time >= selection_end for r in runs if r.data.tags["triadapt.seed"] == "1"] == [True]
+    import torch
+
+    assert {r.data.tags["triadapt.device"] for r in cells} == {f"cpu, torch {torch.__version__}"}  # where it trained
     parent = _runs(uri, "parent")[1][0]
     assert parent.info.status == "FINISHED"
     report = json.loads(open(client.download_artifacts(parent.info.run_id, "selection.json", str(tmp_path))).read())
@@ -56,21 +59,6 @@ def test_cells_run_at_once_a_row_after_its_selection_with_the_serial_layout_and_
     assert again.returncode == 0 and "grid done: 6 skipped" in again.stdout, again.stderr[-2000:]
 
 
-def test_cells_of_a_grid_without_select_all_start_at_once(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    done = run_cli("ablate", write_yaml(tmp_path / "g.yaml", PLAIN), "--tracking-uri", uri, "--no-progress",
-                   "--jobs", "3")  # more jobs than cells: two processes
-    assert done.returncode == 0, done.stderr[-2000:]
-    _, cells = _runs(uri, "cell")
-    assert sorted(r.data.tags["triadapt.method"] for r in cells) == ["LoRA", "TriAdaptLoRA"]
-    first, second = sorted(cells, key=lambda r: r.info.start_time)
-    assert second.info.start_time < first.info.end_time  # the two cells trained at the same time
-    assert all("result_accuracy" in r.data.metrics for r in cells)
-    import torch
-
-    assert {r.data.tags["triadapt.device"] for r in cells} == {f"cpu, torch {torch.__version__}"}  # where it trained
-
-
 def test_bad_jobs_is_one_line(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     grid = write_yaml(tmp_path / "g.yaml", PLAIN)
@@ -81,12 +69,13 @@ def test_bad_jobs_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_stops_the_workers_too(stop, tmp_path):
     """A signal to the main process alone (as `timeout` or `kill` sends it): it ends at once, and no worker trains
-    on (each cell would train for minutes)."""
+    on (each cell would train for minutes). Both cells of the grid (no `select`) are running when it comes: with
+    --jobs 3 and two cells, every cell starts at once."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     long = {**PLAIN, "base": {**PLAIN["base"], "train": {**TINY["train"], "epochs": 400}}}
     grid = write_yaml(tmp_path / "g.yaml", long)
     cmd = [sys.executable, "-m", "triadapt_runner.cli", "ablate", str(grid), "--tracking-uri", uri, "--no-progress",
-           "--jobs", "2"]
+           "--jobs", "3"]
     log = tmp_path / "log.txt"
     with open(log, "w") as out:  # a file, not a pipe: the test waits for the process, not for every copy of a pipe
         main = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_as_from_a_terminal,
@@ -98,6 +87,7 @@ def test_an_interrupt_stops_the_workers_too(stop, tmp_path):
             time.sleep(1)
         children = _children(main.pid)
         assert children, "the workers never started"
+        assert {r.info.status for r in _runs(uri, "cell")[1]} == {"RUNNING"}  # two long cells trained at once
         main.send_signal(stop)
         try:
             main.wait(timeout=60)
