@@ -39,3 +39,35 @@ def test_two_plain_zero_runs_at_once(tmp_path):
         run = finished_run(tmp_path, name)
         assert run.info.status == "FINISHED"
         assert run.data.tags["triadapt.world_size"] == "1" and "result_accuracy" in run.data.metrics
+
+
+def test_a_model_zero3_cannot_build_partitioned_is_one_line_before_any_mlflow_run(tmp_path, capsys, monkeypatch):
+    """The preflight builds the structure on the meta device, without DeepSpeed, so it cannot see a class that
+    deepspeed.zero.Init fails to build; the run opens only once the model is built, so that failure is still one
+    line, exit 2, and the store is left as it was. Every model the tests use builds under zero.Init, so the failure
+    is made by the one call that would raise it: transformers' `from_pretrained` while ZeRO-3 is enabled (the real
+    world of one, DeepSpeed config and MiniLM around it)."""
+    import transformers
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from conftest import assert_bad_input
+
+    auto = transformers.AutoModelForSequenceClassification
+    real = auto.from_pretrained.__func__
+
+    def refuse_when_partitioned(cls, *args, **kwargs):
+        if is_deepspeed_zero3_enabled():
+            raise RuntimeError("The size of tensor a (0) must match the size of tensor b (384)")
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(auto, "from_pretrained", classmethod(refuse_when_partitioned))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    from triadapt_runner.tracking.runs import Tracker
+
+    Tracker(uri, "triadapt")  # the store exists; it must stay as it is
+    err = assert_bad_input(["train", *SMALL, "--set", "train.zero_stage=3", "--tracking-uri", uri],
+                           r"model='.*minilm.*' is invalid under ZeRO-3: .*train\.zero3_init=false", uri, capsys)
+    assert "size of tensor a (0)" in err

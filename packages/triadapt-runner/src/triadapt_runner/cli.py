@@ -152,6 +152,9 @@ def _train(args: argparse.Namespace) -> int:
         leave_processes()
     if not is_main_process():
         return 1 if outcome.status == "failed" else 0
+    if outcome.status == "failed" and outcome.run_id is None:  # refused while setting up: no MLflow run
+        print(f"triadapt: error: {outcome.error.removeprefix('RunnerError: ')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if outcome.status == "failed":
         print(f"triadapt: run failed: {outcome.error} (MLflow run {outcome.run_id})", file=sys.stderr)
         return 1

@@ -62,25 +62,31 @@ class Run:
 
 
 def train_run(cfg: RunConfig, output_dir: str | Path, log: LogFn | None = None, progress: bool = True,
-              accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None) -> RunResult:
+              accelerator: Accelerator | None = None, checkpoint_dir: str | Path | None = None,
+              on_set_up: Callable[[], None] | None = None) -> RunResult:
     """Train and evaluate one run; writes the adapter and plots to ``output_dir``.
 
     The same code serves one process, DDP and DeepSpeed (see `triadapt_runner.distributed.setup`).
     With ``checkpoint_dir``, the whole training state is saved there every
     ``train.checkpoint_every`` optimizer steps (default: at every growth event) and a rerun
-    resumes from the latest complete checkpoint.
+    resumes from the latest complete checkpoint. ``on_set_up`` is called once data, model,
+    adapters and optimizer are ready, before the first step (the runner opens the MLflow run
+    there, so that a run that cannot be set up leaves none).
     """
     hf_logging.set_verbosity_error()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     setup = setup_for(cfg.train, accelerator.num_processes if accelerator else None)
     with setup.process_environment():  # plain-process DeepSpeed: a world of one, for this run only
-        return _train(cfg, setup, output_dir, log, progress, accelerator, checkpoint_dir)
+        return _train(cfg, setup, output_dir, log, progress, accelerator, checkpoint_dir, on_set_up)
 
 
 def _train(cfg: RunConfig, setup: ProcessSetup, output_dir: str | Path, log: LogFn | None, progress: bool,
-           accelerator: Accelerator | None, checkpoint_dir: str | Path | None) -> RunResult:
+           accelerator: Accelerator | None, checkpoint_dir: str | Path | None,
+           on_set_up: Callable[[], None] | None) -> RunResult:
     run = _set_up(cfg, accelerator or setup.make_accelerator(), setup)
+    if on_set_up is not None:
+        on_set_up()
     acc, state = run.accelerator, run.state
     acc.register_for_checkpointing(run.adapted, state)
     acc.register_save_state_pre_hook(trainable_only(run.prepared.model))

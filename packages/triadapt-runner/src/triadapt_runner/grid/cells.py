@@ -25,9 +25,13 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
     """Train one cell as a child run; the run ends FINISHED or FAILED, never left open.
 
     Every process of a multi-process launch calls this; only the main process has a ``tracker``
-    (the others pass None), so each cell is one MLflow run whatever the world size. With
-    ``checkpoint_root`` the cell checkpoints to ``checkpoint_root/<cell id>`` and resumes from
-    there; the checkpoints are removed once the cell has finished.
+    (the others pass None), so each cell is one MLflow run whatever the world size. The run opens
+    once the cell is set up (data, model, adapters, optimizer): an input the preflight could not
+    judge and the set-up refuses (a `RunnerError`, e.g. a model class that ZeRO-3 cannot build
+    partitioned) fails the cell with one line and no MLflow run; any other failure, before or
+    after, is recorded on the run. With ``checkpoint_root`` the cell checkpoints to
+    ``checkpoint_root/<cell id>`` and resumes from there; the checkpoints are removed once the
+    cell has finished.
     """
     if tracker is None:
         return _run_cell_worker(cell, progress, output_root, checkpoint_root)
@@ -35,6 +39,38 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
         from triadapt_runner.grid.cell_job import run_cell_as_job
 
         return run_cell_as_job(tracker, cell, parent_id, grid, checkpoint_root=checkpoint_root, extra_tags=extra_tags)
+    cfg = cell.config
+    tags = _tags(cell, grid, extra_tags)
+    run_id: str | None = None
+
+    def open_run() -> None:
+        nonlocal run_id
+        run_id = tracker.start_run(f"{cfg.label}/{cfg.data.task}/seed{cell.seed}", tags, parent_id)
+        tracker.log_params(run_id, cfg.to_dict())
+        tracker.log_json(run_id, "resolved_config.json", cfg.to_dict())
+
+    try:
+        with tempfile.TemporaryDirectory(dir=output_root) as tmp:
+            result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress,
+                               checkpoint_dir=_checkpoints(checkpoint_root, cell), on_set_up=open_run)
+            _log_result(tracker, run_id, result)
+        _clear_checkpoints(checkpoint_root, cell)
+    except BaseException as exc:
+        if run_id is None and isinstance(exc, RunnerError):  # refused while setting up: an input error
+            return CellOutcome(cell, "failed", None, error=_one_line(exc))
+        if run_id is None:  # a crash while setting up is recorded like any other
+            open_run()
+        tracker.set_tag(run_id, f"{T}error", f"{type(exc).__name__}: {exc}"[:4000])
+        tracker.end_run(run_id, KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return CellOutcome(cell, "failed", run_id, error=_one_line(exc))
+    tracker.end_run(run_id, FINISHED)
+    return CellOutcome(cell, "finished", run_id, metrics=result.metrics)
+
+
+def _tags(cell: Cell, grid: str | None, extra_tags: dict[str, str] | None) -> dict[str, str]:
+    """What a cell's run is tagged with: the cell, its method's strategies, provenance, axes and where it trains."""
     from triadapt_runner.methods.provenance import provenance_tags
     from triadapt_runner.methods.registry import method_for
 
@@ -51,23 +87,7 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
     tags.update(extra_tags or {})
     if grid:
         tags[f"{T}grid"] = grid
-    run_id = tracker.start_run(f"{cfg.label}/{cfg.data.task}/seed{cell.seed}", tags, parent_id)
-    try:
-        tracker.log_params(run_id, cfg.to_dict())
-        tracker.log_json(run_id, "resolved_config.json", cfg.to_dict())
-        with tempfile.TemporaryDirectory(dir=output_root) as tmp:
-            result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress,
-                               checkpoint_dir=_checkpoints(checkpoint_root, cell))
-            _log_result(tracker, run_id, result)
-        _clear_checkpoints(checkpoint_root, cell)
-    except BaseException as exc:
-        tracker.set_tag(run_id, f"{T}error", f"{type(exc).__name__}: {exc}"[:4000])
-        tracker.end_run(run_id, KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        return CellOutcome(cell, "failed", run_id, error=_one_line(exc))
-    tracker.end_run(run_id, FINISHED)
-    return CellOutcome(cell, "finished", run_id, metrics=result.metrics)
+    return tags
 
 
 def _run_cell_worker(cell: Cell, progress: bool, output_root: str | Path | None,

@@ -135,6 +135,6 @@ def _pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
     except Exception as exc:
         from triadapt_runner.errors import RunnerError
 
-        raise RunnerError(f"model={path!r} is invalid under ZeRO-3: its class cannot be built partitioned by "
-                          f"deepspeed.zero.Init ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); set "
-                          f"train.zero3_init=false to build it whole on each process") from None
+        raise RunnerError(f"model={path!r} is invalid under ZeRO-3: deepspeed.zero.Init cannot build its class "
+                          f"partitioned; set train.zero3_init=false to build it whole on each process "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
