@@ -139,6 +139,30 @@ def test_stock_trainer_grows_at_optimizer_steps(minilm_path, sentiment_batch, tm
     assert callback.trainer is trainer  # found without being passed
 
 
+class RatesSeen(TrainerCallback):
+    """The learning rate each optimizer step used (read just before the step)."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.rates.append(optimizer.param_groups[0]["lr"])
+
+
+def test_young_units_are_corrected_at_the_rate_of_their_step(minilm_path, sentiment_batch, tmp_path, monkeypatch):
+    """The refresh redoes a step's update of young units, so it must run before the LR schedule moves on."""
+    ctl, seen, refreshed = controller(minilm_path), RatesSeen(), []
+    original = ctl.refresher.__call__
+    monkeypatch.setattr(type(ctl.refresher), "__call__", lambda self, optimizer, steps_done: (
+        refreshed.append(triadapt.fresh_units.unwrap_optimizer(optimizer).param_groups[0]["lr"]),
+        original(optimizer, steps_done)))
+    trainer = Trainer(model=ctl.model, args=args(tmp_path, lr_scheduler_type="linear"),
+                      train_dataset=Rows(sentiment_batch), callbacks=[TriAdaptCallback(ctl), seen])
+    trainer.train()
+    assert len(set(seen.rates)) == 8  # a different rate at every step
+    assert refreshed == seen.rates
+
+
 def test_regulariser_gradient_equals_loss_term(minilm_path, sentiment_batch, tmp_path):
     """The callback's one backward of λR per step gives the gradient of (loss + λR)."""
     ctl = controller(minilm_path)

@@ -5,7 +5,10 @@ world size, final ranks, growth events and its losses. The scorer ``grad-norm`` 
 here, as a plugin would be) scores by the summed squared gradient norms it observed through
 `triadapt.gradients.full_grad` (a missing gradient counts as zero, which a comparison exposes). Arguments: OUT CONFIG_JSON [CHECKPOINT_DIR]
 [STOP_AFTER_CHECKPOINT]. With STOP_AFTER_CHECKPOINT the process exits hard (os._exit, as a
-crash would) right after the first checkpoint at or after that step is complete.
+crash would) right after the first checkpoint at or after that step is complete. The config's
+key ``"refresh": false`` (read here only, not a run option) turns `triadapt.fresh_units` off:
+joining units keep what the optimizer did to them while they waited and young units get their
+matrix's bias correction.
 """
 
 import json
@@ -79,8 +82,13 @@ def build_and_measure(self, path, task, meta=False, load=None):
 
 
 TaskKind.build_model = build_and_measure
+from triadapt.fresh_units import UnitRefresher  # noqa: E402
+
 init_processes()
 rank = int(os.environ.get("RANK", "0"))
+if not config.pop("refresh", True):
+    for name in ("__call__", "reset_joining", "follow_flat"):
+        setattr(UnitRefresher, name, lambda *args, **kwargs: None)
 losses = []
 result = train_run(RunConfig.from_dict(config), out / f"run{rank}", progress=False, checkpoint_dir=checkpoints,
                    log=lambda metrics, step: losses.append((step, metrics["loss"])) if "loss" in metrics else None)

@@ -71,3 +71,6 @@ def test_a_model_zero3_cannot_build_partitioned_is_one_line_before_any_mlflow_ru
     err = assert_bad_input(["train", *SMALL, "--set", "train.zero_stage=3", "--tracking-uri", uri],
                            r"model='.*minilm.*' is invalid under ZeRO-3: .*train\.zero3_init=false", uri, capsys)
     assert "size of tensor a (0)" in err
+    # nothing of DeepSpeed is left switched on for a later run of this process (the next cell of a serial grid)
+    assert "ACCELERATE_USE_DEEPSPEED" not in os.environ and not is_deepspeed_zero3_enabled()
+    assert all(name not in os.environ for name in LAUNCH_VARIABLES)

@@ -1,6 +1,8 @@
 """One process of test_trainer_deepspeed.py: a stock transformers.Trainer with TriAdaptCallback under DeepSpeed
-ZeRO-N (a world of one, gloo on the CPU). Args: OUT STAGE STOP_AT RESUME_FROM ("" for none) MODEL_FOLDER.
-Writes OUT/result.json: ranks, step, growth events and the adapter's tensors."""
+ZeRO-N (a world of one, gloo on the CPU). Args: OUT STAGE STOP_AT RESUME_FROM ("" for none) MODEL_FOLDER
+[FOLLOW]. STAGE -1 trains without DeepSpeed; FOLLOW "0" keeps the callback from following DeepSpeed's fp32 copies
+(`triadapt.zero_shares`), as it did before. Writes OUT/result.json: ranks, step, growth events and the adapter's
+tensors."""
 
 import json
 import sys
@@ -15,6 +17,10 @@ from triadapt.persistence import adapter_tensors
 
 out, stage, stop = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 resume, model_folder = sys.argv[4] or None, sys.argv[5]
+if len(sys.argv) > 6 and sys.argv[6] == "0":
+    import triadapt.integrations.transformers as integration
+
+    integration.follow_deepspeed = lambda controller, optimizer: False
 
 
 class Rows(torch.utils.data.Dataset):
@@ -45,8 +51,9 @@ ctl = triadapt.inject(model, triadapt.TriAdaptConfig(warmup_steps=2, growth_inte
 deepspeed = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "zero_optimization":
              {"stage": stage}, "bf16": {"enabled": False}, "gradient_clipping": 1.0}
 args = TrainingArguments(output_dir=str(out), max_steps=8, per_device_train_batch_size=4, learning_rate=5e-3,
-                         use_cpu=True, report_to="none", save_strategy="steps", save_steps=4, logging_steps=1,
-                         disable_tqdm=True, seed=0, dataloader_num_workers=0, deepspeed=deepspeed)
+                         weight_decay=0.1, use_cpu=True, report_to="none", save_strategy="steps", save_steps=4,
+                         logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                         deepspeed=deepspeed if stage >= 0 else None)
 trainer = Trainer(model=model, args=args, train_dataset=Rows(tokenizer), callbacks=[TriAdaptCallback(ctl), StopAt()])
 trainer.train(resume_from_checkpoint=resume)
 units = {k: v.detach().float().tolist() for k, v in adapter_tensors(ctl).items()}

@@ -9,14 +9,17 @@ A plain PyTorch loop::
         loss = model(**batch).loss + ctl.orthogonal_loss()
         loss.backward(); optimizer.step(); optimizer.zero_grad()
 
-Without ``attach``, call ``ctl.step(optimizer)`` once after each optimizer step instead. Either
-way the controller also gives every grown unit a fresh start in the optimizer
-(`triadapt.fresh_units`); ``ctl.step()`` without the optimizer skips that.
+Without ``attach``, call ``ctl.step(optimizer)`` once after each optimizer step instead, before
+the LR scheduler steps (the young units' bias correction redoes the step at its learning rate).
+Either way the controller also gives every grown unit a fresh start in the optimizer
+(`triadapt.fresh_units`); ``ctl.step()`` without the optimizer skips that. Under DeepSpeed, call
+``triadapt.zero_shares.follow_deepspeed(ctl, engine.optimizer)`` once after ``deepspeed.initialize``
+so that the same happens in DeepSpeed's fp32 copies.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +28,7 @@ import triadapt.quantized as quantized
 from triadapt.allocator import Allocator, GrowthEvent
 from triadapt.config import TriAdaptConfig
 from triadapt.errors import TriAdaptError
-from triadapt.fresh_units import UnitRefresher
+from triadapt.fresh_units import FlatShare, UnitRefresher
 from triadapt.layer import AdapterLayer
 from triadapt.planning import InjectionPlan, plan_injection
 from triadapt.plugins.registry import Registry, registry as current_registry
@@ -123,7 +126,8 @@ class Controller:
         return self.allocator.validate_schedule()
 
     def step(self, optimizer: Any = None) -> GrowthEvent | None:
-        """Call once after every optimizer step (not per micro-batch). Returns the growth event, if any.
+        """Call once after every optimizer step (not per micro-batch), before the LR scheduler steps. Returns the
+        growth event, if any.
 
         Pass the optimizer (or its accelerate wrapper) so that reserved and young units stay as
         fresh as new parameters would be (`triadapt.fresh_units`).
@@ -145,6 +149,19 @@ class Controller:
                        "budget": self.allocator.initial_budget}
             self.registry.notify_growth(event, self.ranks, context)
         return event
+
+    def follow_flat_optimizer(self, optimizer: torch.optim.Optimizer,
+                              shares: Callable[[], Iterable[FlatShare]]) -> None:
+        """Keep grown units fresh in an engine whose optimizer steps flat copies of the parameters (DeepSpeed ZeRO).
+
+        ``optimizer`` is the torch optimizer the engine steps, ``shares()`` this process's part of each unit
+        parameter in it (`triadapt.fresh_units.FlatShare`; for DeepSpeed, `triadapt.zero_shares.follow_deepspeed`
+        makes this call). Call once after the engine is built, then
+        ``step(engine_optimizer)`` as usual: the young units' own bias correction runs inside the engine's step
+        (before it copies the values into the model), and joining units get their initial values and zero
+        state in the engine's copies too.
+        """
+        self.refresher.follow_flat(optimizer, shares, lambda: self.allocator.step_count + 1)
 
     def observe_gradients(self) -> None:
         """Optional: call between ``backward`` and ``optimizer.step()`` on every process.

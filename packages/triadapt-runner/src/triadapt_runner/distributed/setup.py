@@ -104,7 +104,9 @@ class ProcessSetup(ABC):
         """Backward; at an accumulation boundary let the method see the gradients, step, then act on the step.
 
         Returns (whether an optimizer step happened, the method's event). The method acts between
-        ``optimizer.step()`` and ``zero_grad()`` (gradients still there: AdaLoRA's allocation needs them).
+        ``optimizer.step()`` and ``zero_grad()`` (gradients still there: AdaLoRA's allocation needs them), and
+        before the LR schedule steps (the step's learning rate is still in the optimizer, as a post-step hook
+        would see it).
         """
 
     def save_state_kwargs(self) -> dict[str, Any]:
@@ -135,8 +137,8 @@ class TorchProcesses(ProcessSetup):
             if self.train.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(prepared.model.parameters(), self.train.max_grad_norm)
         prepared.optimizer.step()
-        prepared.scheduler.step()
         event = adapted.after_optimizer_step(step, prepared.optimizer) if sync else None
+        prepared.scheduler.step()  # after the method: the refresh redoes this step's update at this step's rate
         prepared.optimizer.zero_grad(set_to_none=True)
         return sync, event
 
@@ -158,7 +160,7 @@ class DeepSpeedZero(ProcessSetup):
         return super().make_accelerator()
 
     def process_environment(self) -> ContextManager[Any]:
-        return world_of_one()
+        return deepspeed_for_this_run()
 
     def launch_environment(self) -> dict[str, str]:
         return {}  # accelerate turns DeepSpeed off under ACCELERATE_USE_CPU
@@ -220,6 +222,7 @@ class DeepSpeedZero(ProcessSetup):
         model, optimizer, scheduler = accelerator.prepare(adapted.model, optimizer, scheduler)
         if self.stage == 3 and persistent:
             make_units_whole(persistent)
+        adapted.follow_deepspeed(model.optimizer)  # grown units stay fresh in DeepSpeed's fp32 copies
         set_grad_accessor(safe_get_full_grad)  # scorers that read gradients get the full gradient under ZeRO
         return Prepared(model, optimizer, scheduler, engine=model)
 
@@ -232,8 +235,9 @@ class DeepSpeedZero(ProcessSetup):
             return False, None
         adapted.before_optimizer_step()
         engine.step()  # clipping (from the DeepSpeed config), optimizer step, zero_grad
+        event = adapted.after_optimizer_step(step, engine.optimizer)
         prepared.scheduler.step()  # accelerate keeps our LambdaLR outside the engine
-        return True, adapted.after_optimizer_step(step, engine.optimizer)
+        return True, event
 
     def save_state_kwargs(self) -> dict[str, Any]:
         return {"exclude_frozen_parameters": True}
@@ -260,6 +264,26 @@ def zero3_gathered(accelerator: Any, params: list[torch.nn.Parameter]) -> Contex
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+@contextlib.contextmanager
+def deepspeed_for_this_run() -> Any:
+    """`world_of_one`; afterwards, the switches that turn DeepSpeed on for the whole process are put back as they
+    were: accelerate's ``ACCELERATE_USE_DEEPSPEED`` (set by an Accelerator given a DeepSpeed plugin) and the ZeRO-3
+    config transformers builds models under. A later run of the same process (the next cell of a serial grid)
+    without ``train.zero_stage`` then trains without DeepSpeed."""
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    before = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    try:
+        with world_of_one():
+            yield
+    finally:
+        unset_hf_deepspeed_config()
+        if before is None:
+            os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+        else:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = before
 
 
 @contextlib.contextmanager

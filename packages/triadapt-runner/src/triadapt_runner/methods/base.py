@@ -69,6 +69,10 @@ class Adapted(ABC):
         """Parameters DeepSpeed ZeRO-3 must keep whole on every process (the allocator reads them)."""
         return []
 
+    def follow_deepspeed(self, optimizer: Any) -> None:
+        """Under DeepSpeed, once the engine exists: ``optimizer`` is the engine's (it steps fp32 copies of the
+        trainable parameters). Methods that act on the optimizer state follow those copies; others ignore it."""
+
     @property
     def checkpoint_interval(self) -> int | None:
         """Default steps between checkpoints (TriAdaptLoRA: the growth interval, so checkpoints sit at events)."""

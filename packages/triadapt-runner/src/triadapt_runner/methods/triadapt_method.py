@@ -131,6 +131,11 @@ class TriAdaptAdapted(Adapted):
         counts = self.ctl.parameter_counts()
         return counts["active_adapter"] + counts["heads"]
 
+    def follow_deepspeed(self, optimizer: Any) -> None:
+        from triadapt.zero_shares import follow_deepspeed
+
+        follow_deepspeed(self.ctl, optimizer)
+
     @property
     def checkpoint_interval(self) -> int:
         return self.ctl.config.growth_interval

@@ -20,9 +20,12 @@
   uninterrupted one). Gradients add up, so this equals adding λ·R to the loss of the optimizer
   step, gradient clipping included. DeepSpeed allows one gradient per step: with it the
   regulariser must be off (``orth_reg_weight=0``), which ``on_init_end`` checks.
-* ``on_step_end`` (after ``optimizer.step()``) calls ``controller.step(optimizer)``: growth
-  follows optimizer steps, whatever ``gradient_accumulation_steps`` is, and grown units stay
-  as fresh as new parameters in the Trainer's optimizer (`triadapt.fresh_units`).
+* ``on_optimizer_step`` (right after ``optimizer.step()``, before the LR scheduler steps) calls
+  ``controller.step(optimizer)``: growth follows optimizer steps, whatever
+  ``gradient_accumulation_steps`` is, and grown units stay as fresh as new parameters in the
+  Trainer's optimizer (`triadapt.fresh_units`), under DeepSpeed in its fp32 copies
+  (`triadapt.zero_shares`, set up in ``on_train_begin``). ``on_step_end`` checks that the
+  controller counted the Trainer's steps.
 * ``on_save`` makes sure the checkpoint holds the controller state (``save_pretrained`` wrote it
   already unless the model is not a ``PreTrainedModel``).
 
@@ -48,6 +51,7 @@ from triadapt.integrations.trainer_checkpoints import (find_trainer, hook_traine
                                                        mark_quantized_adapters, remove_adapter_save)
 from triadapt.layer import AdapterLayer
 from triadapt.zero3 import make_units_whole
+from triadapt.zero_shares import follow_deepspeed
 
 __all__ = ["STATE_FILE", "TriAdaptCallback", "remove_adapter_save"]
 
@@ -100,6 +104,7 @@ class TriAdaptCallback(TrainerCallback):
             self._restore(args, state)
         self.controller.set_total_steps(state.max_steps)
         _gather_units(self.controller, args)
+        follow_deepspeed(self.controller, kwargs.get("optimizer"))  # DeepSpeed steps fp32 copies of the units
         if _checkpointing(args):
             self._enable_input_grads()
 
@@ -118,8 +123,10 @@ class TriAdaptCallback(TrainerCallback):
         loss.backward()
         self.last_orthogonal_loss = float(loss.detach())
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.controller.step(kwargs.get("optimizer"))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.controller.step_count != state.global_step:
             raise TriAdaptError(f"controller step {self.controller.step_count} differs from the Trainer's "
                                 f"global_step {state.global_step}: was the controller also attached to the optimizer?")
