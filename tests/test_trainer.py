@@ -126,12 +126,19 @@ def assert_adapter_only(folder, model, heads=()):
 
 
 # -- growth and the regulariser -----------------------------------------------------------------------------------
-def test_stock_trainer_grows_at_optimizer_steps(minilm_path, sentiment_batch, tmp_path):
-    ctl = controller(minilm_path)
+def test_stock_trainer_grows_at_optimizer_steps(minilm_path, sentiment_batch, tmp_path, monkeypatch):
+    """... and corrects young units at the learning rate of their step: the refresh redoes a step's update, so it
+    must run before the LR schedule moves on."""
+    ctl, seen, refreshed = controller(minilm_path), RatesSeen(), []
+    original = ctl.refresher.__call__
+    monkeypatch.setattr(type(ctl.refresher), "__call__", lambda self, optimizer, steps_done: (
+        refreshed.append(triadapt.fresh_units.unwrap_optimizer(optimizer).param_groups[0]["lr"]),
+        original(optimizer, steps_done)))
     callback = TriAdaptCallback(ctl)
-    trainer = Trainer(model=ctl.model, args=args(tmp_path), train_dataset=Rows(sentiment_batch),
-                      callbacks=[callback])
+    trainer = Trainer(model=ctl.model, args=args(tmp_path, lr_scheduler_type="linear"),
+                      train_dataset=Rows(sentiment_batch), callbacks=[callback, seen])
     trainer.train()
+    assert len(set(seen.rates)) == 8 and refreshed == seen.rates  # a different rate at every step
     assert ctl.config.total_steps == 8 and ctl.step_count == 8
     assert [e.step for e in ctl.events] == [4, 6, 8]  # 16 micro-batches, 8 optimizer steps
     assert ctl.allocator.total_rank() > len(ctl.layers)
@@ -147,20 +154,6 @@ class RatesSeen(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self.rates.append(optimizer.param_groups[0]["lr"])
-
-
-def test_young_units_are_corrected_at_the_rate_of_their_step(minilm_path, sentiment_batch, tmp_path, monkeypatch):
-    """The refresh redoes a step's update of young units, so it must run before the LR schedule moves on."""
-    ctl, seen, refreshed = controller(minilm_path), RatesSeen(), []
-    original = ctl.refresher.__call__
-    monkeypatch.setattr(type(ctl.refresher), "__call__", lambda self, optimizer, steps_done: (
-        refreshed.append(triadapt.fresh_units.unwrap_optimizer(optimizer).param_groups[0]["lr"]),
-        original(optimizer, steps_done)))
-    trainer = Trainer(model=ctl.model, args=args(tmp_path, lr_scheduler_type="linear"),
-                      train_dataset=Rows(sentiment_batch), callbacks=[TriAdaptCallback(ctl), seen])
-    trainer.train()
-    assert len(set(seen.rates)) == 8  # a different rate at every step
-    assert refreshed == seen.rates
 
 
 def test_regulariser_gradient_equals_loss_term(minilm_path, sentiment_batch, tmp_path):

@@ -1,26 +1,20 @@
 """One process of test_trainer_deepspeed.py: a stock transformers.Trainer with TriAdaptCallback under DeepSpeed
-ZeRO-N (a world of one, gloo on the CPU). Args: OUT STAGE STOP_AT RESUME_FROM ("" for none) MODEL_FOLDER
-[FOLLOW]. STAGE -1 trains without DeepSpeed; FOLLOW "0" keeps the callback from following DeepSpeed's fp32 copies
-(`triadapt.zero_shares`), as it did before. Writes OUT/result.json: ranks, step, growth events and the adapter's
-tensors."""
+ZeRO-N (a world of one, gloo on the CPU), 8 steps. Args: OUT STAGE RESUME_FROM ("" for none) MODEL_FOLDER; STAGE -1
+trains without DeepSpeed. Writes OUT/result.json: ranks, step, growth events and the adapter's tensors."""
 
 import json
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
 
 import triadapt
 from triadapt.integrations.transformers import TriAdaptCallback
 from triadapt.persistence import adapter_tensors
 
-out, stage, stop = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-resume, model_folder = sys.argv[4] or None, sys.argv[5]
-if len(sys.argv) > 6 and sys.argv[6] == "0":
-    import triadapt.integrations.transformers as integration
-
-    integration.follow_deepspeed = lambda controller, optimizer: False
+out, stage = Path(sys.argv[1]), int(sys.argv[2])
+resume, model_folder = sys.argv[3] or None, sys.argv[4]
 
 
 class Rows(torch.utils.data.Dataset):
@@ -38,11 +32,6 @@ class Rows(torch.utils.data.Dataset):
                 "labels": ids.masked_fill(self.enc["attention_mask"][i] == 0, -100)}
 
 
-class StopAt(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = state.global_step >= stop
-
-
 tokenizer = AutoTokenizer.from_pretrained(model_folder)
 torch.manual_seed(0)
 model = LlamaForCausalLM.from_pretrained(model_folder)
@@ -54,7 +43,7 @@ args = TrainingArguments(output_dir=str(out), max_steps=8, per_device_train_batc
                          weight_decay=0.1, use_cpu=True, report_to="none", save_strategy="steps", save_steps=4,
                          logging_steps=1, disable_tqdm=True, seed=0, dataloader_num_workers=0,
                          deepspeed=deepspeed if stage >= 0 else None)
-trainer = Trainer(model=model, args=args, train_dataset=Rows(tokenizer), callbacks=[TriAdaptCallback(ctl), StopAt()])
+trainer = Trainer(model=model, args=args, train_dataset=Rows(tokenizer), callbacks=[TriAdaptCallback(ctl)])
 trainer.train(resume_from_checkpoint=resume)
 units = {k: v.detach().float().tolist() for k, v in adapter_tensors(ctl).items()}
 (out / "result.json").write_text(json.dumps({"ranks": ctl.ranks, "step": ctl.step_count, "units": units,

@@ -219,6 +219,8 @@ class DeepSpeedZero(ProcessSetup):
         persistent = adapted.persistent_params()
         if self.stage == 3:
             keep_units_whole(accelerator, max((p.numel() for p in persistent), default=0))
+            if self.train.mixed_precision == "bf16":
+                cast_unpartitioned(adapted.model, torch.bfloat16)
         model, optimizer, scheduler = accelerator.prepare(adapted.model, optimizer, scheduler)
         if self.stage == 3 and persistent:
             make_units_whole(persistent)
@@ -325,6 +327,16 @@ def keep_units_whole(accelerator: Any, largest_unit: int) -> None:
     threshold = zero.get("stage3_param_persistence_threshold", "auto")
     if threshold == "auto" or int(threshold) < largest_unit:
         zero["stage3_param_persistence_threshold"] = int(largest_unit)
+
+
+def cast_unpartitioned(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Under ZeRO-3 in bf16: the parameters zero.Init did not create (the adapters, added after the model was built;
+    every parameter with ``train.zero3_init: false``) cast in place to ``dtype``, as DeepSpeed casts the whole
+    module under ZeRO 0-2. ZeRO-3 flattens each process's parameters into one buffer of one dtype (it refuses a
+    mix) and keeps the fp32 masters in its optimizer itself."""
+    for param in model.parameters():
+        if not hasattr(param, "ds_id") and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def make_units_whole(unit_params: list[torch.nn.Parameter]) -> None:
