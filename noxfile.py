@@ -67,10 +67,10 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against peft on MiniLM and SmolLM2 (also 4-bit), DeepSpeed memory (CPU), grid throughput per backend;
-    writes benchmarks/perf/results/."""
+    """Benchmarks against peft on MiniLM and SmolLM2 (also 4-bit), DeepSpeed memory (CPU), grid throughput per backend,
+    growth under every ZeRO stage against DDP; writes benchmarks/perf/results/."""
     install(session, "deepspeed==0.19.8", "bitsandbytes==0.50.2", "ray==2.60.0")
     env = {**OFFLINE, **os.environ}
     for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "dispatch", "llm", "qlora",
-                   "grid_throughput", "report"):
+                   "grid_throughput", "zero_growth", "report"):
         session.run("python", f"benchmarks/perf/{script}.py", env=env)

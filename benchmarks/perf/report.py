@@ -157,6 +157,41 @@ def grid_section(g: dict) -> list[str]:
     return lines
 
 
+def zero_growth_section(z: dict) -> list[str]:
+    lines = ["## Growth under ZeRO against DDP", "", f"{z['setup']}; {z['date']}, commit {z['commit']}, "
+             f"{z['machine'].split(', torch')[0]}. Each case is a plain `triadapt train` with `train.num_processes: 2`; "
+             "the largest difference of process 0's training loss from DDP's over every step (in fp32, and in the "
+             "case's precision), and whether the growth events equal those of DDP in that precision. "
+             "Written by `benchmarks/perf/zero_growth.py` (see [distributed](distributed.md#growth-and-the-optimizer-"
+             "under-zero)).", "",
+             "| case | finished | same growth events | loss vs DDP fp32 | loss vs DDP, same precision | accuracy |",
+             "|---|---|---|---|---|---|"]
+    for name, row in z["cases"].items():
+        if not row["finished"]:
+            lines.append(f"| {name} | **no**: {row['error'].replace('|', '/')} | | | | |")
+            continue
+        lines.append(f"| {name} | yes | {'yes' if row['same_events_as_ddp'] else '**no**'} | "
+                     f"{row['gap_to_ddp_fp32']:.1e} | {row['gap_to_ddp_same_precision']:.1e} | {row['accuracy']:.3f} |")
+    zero = {n: r for n, r in z["cases"].items() if n.startswith("ZeRO") and r["finished"]}
+    fp32 = [r for n, r in zero.items() if "fp32" in n]
+    bf16 = [r for n, r in zero.items() if "bf16" in n]
+    failed = [n for n, r in z["cases"].items() if not r["finished"]]
+    lines += ["", f"In fp32 every ZeRO stage, with or without optimizer offload, follows DDP's loss curve within "
+              f"{max(r['gap_to_ddp_fp32'] for r in fp32):.1e} "
+              f"({'with the same growth events' if all(r['same_events_as_ddp'] for r in fp32) else 'but not always the same growth events'}). "
+              f"In bf16 the ZeRO cases differ from DDP in bf16 by {min(r['gap_to_ddp_same_precision'] for r in bf16):.1e} "
+              f"to {max(r['gap_to_ddp_same_precision'] for r in bf16):.1e}, and "
+              f"{sum(not r['same_events_as_ddp'] for r in bf16)} of {len(bf16)} make other growth decisions: DeepSpeed "
+              "casts the whole module (rank units included) to bf16 and keeps fp32 masters, while DDP keeps fp32 "
+              "parameters and autocasts the forward: two different numerics, from which the importance scores and then "
+              "the growth decisions differ. The fp32 rows, with the same optimizer path, show that the optimizer "
+              "state of grown units is the same under every stage as under DDP." + (f" Failed: {', '.join(failed)}." if failed else "")
+              + (" A run this short does not leave the majority class (the same accuracy everywhere): the table "
+                 "compares numerics, not quality." if len({r.get('accuracy') for r in z['cases'].values()}) == 1
+                 else ""), ""]
+    return lines
+
+
 TRI = "triangular r=8 (capacity 16)"
 
 
@@ -401,7 +436,7 @@ def main() -> None:
             "`benchmarks/perf/results/`. A CPU with 2 cores is the reference machine here.", ""]
     text += step_section(load("step_time")) + allocation_section(load("scorer_overhead"))
     text += inference_section(load("inference")) + memory_section(load("memory")) + cli_section(load("cli_latency"))
-    text += grid_section(load("grid_throughput"))
+    text += grid_section(load("grid_throughput")) + zero_growth_section(load("zero_growth"))
     text += dispatch_section(load("dispatch")) + llm_section(load("llm")) + qlora_section(load("qlora"))
     text += gpu_section() + gpu_step_section() + gpu_packing_section()
     (DOCS / "performance.md").write_text("\n".join(text))

@@ -38,7 +38,7 @@ def triadapt_setup(scorer: str):
 
 
 def adalora_setup():
-    model, _, _ = peft_adalora()()
+    model = peft_adalora()()[0]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     counter = {"step": 0}
 
