@@ -184,8 +184,9 @@ def zero_growth_section(z: dict) -> list[str]:
               f"{sum(not r['same_events_as_ddp'] for r in bf16)} of {len(bf16)} make other growth decisions: DeepSpeed "
               "casts the whole module (rank units included) to bf16 and keeps fp32 masters, while DDP keeps fp32 "
               "parameters and autocasts the forward: two different numerics, from which the importance scores and then "
-              "the growth decisions differ. The fp32 rows, with the same optimizer path, show that the optimizer "
-              "state of grown units is the same under every stage as under DDP." + (f" Failed: {', '.join(failed)}." if failed else "")
+              "the growth decisions differ. The fp32 rows show that the optimizer state of grown units is the same "
+              "under every stage as under DDP; in bf16 this comparison cannot tell the fresh-unit refresh apart from "
+              "precision." + (f" Failed: {', '.join(failed)}." if failed else "")
               + (" A run this short does not leave the majority class (the same accuracy everywhere): the table "
                  "compares numerics, not quality." if len({r.get('accuracy') for r in z['cases'].values()}) == 1
                  else ""), ""]
