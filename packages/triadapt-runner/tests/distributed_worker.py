@@ -8,7 +8,9 @@ here, as a plugin would be) scores by the summed squared gradient norms it obser
 crash would) right after the first checkpoint at or after that step is complete. The config's
 key ``"refresh": false`` (read here only, not a run option) turns `triadapt.fresh_units` off:
 joining units keep what the optimizer did to them while they waited and young units get their
-matrix's bias correction.
+matrix's bias correction. Under DeepSpeed, ``followed`` is how many unit elements this process
+reaches in the fp32 copies that DeepSpeed's optimizer steps (`triadapt.zero_shares`), ``unit_elements``
+how many there are.
 """
 
 import json
@@ -84,6 +86,20 @@ def build_and_measure(self, path, task, meta=False, load=None):
 TaskKind.build_model = build_and_measure
 from triadapt.fresh_units import UnitRefresher  # noqa: E402
 
+followed = {}
+original_correct = UnitRefresher._correct_flat
+
+
+def correct_and_count(self, optimizer, steps_done):
+    """At the first step under DeepSpeed: how many unit elements this process reaches in the engine's copies."""
+    if not followed:
+        followed["followed"] = sum(share.numel for share in self._flat[1]())
+        followed["unit_elements"] = sum(getattr(layer.units, "ds_numel", layer.units.numel())
+                                        for layer in self.layers.values())
+    return original_correct(self, optimizer, steps_done)
+
+
+UnitRefresher._correct_flat = correct_and_count
 init_processes()
 rank = int(os.environ.get("RANK", "0"))
 if not config.pop("refresh", True):
@@ -94,5 +110,5 @@ result = train_run(RunConfig.from_dict(config), out / f"run{rank}", progress=Fal
                    log=lambda metrics, step: losses.append((step, metrics["loss"])) if "loss" in metrics else None)
 (out / f"rank{rank}.json").write_text(json.dumps({
     "world_size": result.world_size, "ranks": result.ranks, "events": result.events, "losses": losses,
-    "metrics": result.metrics, "total_steps": result.total_steps, **built}))
+    "metrics": result.metrics, "total_steps": result.total_steps, **built, **followed}))
 leave_processes()

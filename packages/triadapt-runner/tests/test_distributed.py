@@ -1,6 +1,8 @@
-"""Real 2-process runs on CPU (gloo): DeepSpeed ZeRO-2 / ZeRO-3 under the deepspeed launcher, DDP under
-`accelerate launch`, a grid under torchrun, and crash-and-resume (single process: exact; ZeRO-2: same
-rank pattern, loss within tolerance)."""
+"""Real 2-process runs on CPU (gloo): DeepSpeed ZeRO-2 under the deepspeed launcher, DDP under `accelerate launch`,
+ZeRO-1/2/3 and DDP under torchrun, a grid under torchrun, and crash-and-resume (single process: exact; ZeRO-2: same
+rank pattern, loss within tolerance). The runner sets itself up from the launcher's environment alone, so most runs
+use torchrun, the lightest launcher (the deepspeed launcher starts two Python processes that import DeepSpeed before
+the workers do: about 12 s a run here)."""
 
 import json
 import os
@@ -32,7 +34,8 @@ def config(**train):
 
 
 def launch(kind, out, cfg, checkpoints="-", stop_after=None):
-    """Run the worker under a real launcher with 2 processes (or alone for kind='single'; 1 GPU for 'gpu')."""
+    """Run the worker under a real launcher with 2 processes: ``kind`` 'torchrun', 'deepspeed' or 'accelerate' (or
+    alone for 'single'; 1 GPU under the deepspeed launcher for 'gpu')."""
     out.mkdir(parents=True, exist_ok=True)
     args = [str(out), json.dumps(cfg), str(checkpoints)] + ([str(stop_after)] if stop_after else [])
     port = str(free_port())
@@ -40,6 +43,13 @@ def launch(kind, out, cfg, checkpoints="-", stop_after=None):
         gpus = "1" if kind == "gpu" else "2"
         cmd = [str(BIN / "deepspeed"), "--num_gpus", gpus, "--master_port", port, str(WORKER), *args]
         env = ENV if kind == "deepspeed" else {k: v for k, v in ENV.items() if k != "DS_ACCELERATOR"}
+    elif kind == "torchrun":
+        from triadapt_runner.config import RunConfig
+        from triadapt_runner.distributed.setup import setup_for
+
+        cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", port, str(WORKER), *args]
+        train = RunConfig.from_dict({"task": cfg["task"], "train": cfg["train"]}).train  # (cfg may hold worker keys)
+        env = {**ENV, **setup_for(train, 2).launch_environment()}  # as the runner's own jobs
     elif kind == "accelerate":
         cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, str(WORKER), *args]
@@ -48,7 +58,7 @@ def launch(kind, out, cfg, checkpoints="-", stop_after=None):
         cmd, env = [sys.executable, str(WORKER), *args], ENV
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     left = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
-    if kind == "deepspeed" and proc.returncode == 0:  # DeepSpeed's CPU all-reduce files are removed at exit
+    if kind != "single" and proc.returncode == 0:  # DeepSpeed's CPU all-reduce files are removed at exit
         assert not left, f"left in /dev/shm: {[p.name for p in left]}"
     for path in left:  # a run that crashed on purpose (resume tests) could not remove its own
         path.unlink(missing_ok=True)
@@ -70,6 +80,13 @@ def assert_consistent_run(out, world=2):
     last = sum(sum(l[-4:]) for l in losses) / (4 * world)
     assert last < first - 0.02, (first, last)
     return per_rank
+
+
+def assert_followed_whole(per_rank):
+    """The processes' parts of the units in DeepSpeed's fp32 copies add up to every unit element, once: the refresh
+    reaches all of them (ZeRO 1-3 partition the copies between the processes)."""
+    assert sum(r["followed"] for r in per_rank) == per_rank[0]["unit_elements"] > 0, per_rank
+    assert all(r["followed"] > 0 for r in per_rank), per_rank
 
 
 def same_events(left, right, tol=1e-4):
@@ -117,7 +134,7 @@ def zero2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zero3(tmp_path_factory):  # built whole on each process, then partitioned (the escape hatch for odd classes)
-    return finished_run(tmp_path_factory, "deepspeed", config(zero_stage=3, zero3_init=False))
+    return finished_run(tmp_path_factory, "torchrun", config(zero_stage=3, zero3_init=False))
 
 
 def test_zero3_init_never_holds_the_whole_base_model(tmp_path):
@@ -148,7 +165,7 @@ def test_zero3_init_never_holds_the_whole_base_model(tmp_path):
 
 
 def finished_run_at(out, cfg):
-    proc = launch("deepspeed", out, cfg)
+    proc = launch("torchrun", out, cfg)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -158,6 +175,7 @@ def test_deepspeed_zero_two_processes(stage, zero2, zero3):
     out = zero2 if stage == 2 else zero3
     per_rank = assert_consistent_run(out)
     assert all(r["base_local"] == r["base_full"] for r in per_rank)  # ZeRO-2, and ZeRO-3 with zero3_init false
+    assert_followed_whole(per_rank)
     saved = json.loads((out / "run0" / "eval_logits.json").read_text())
     again = reloaded_logits(config(zero_stage=stage), out / "run0" / "adapter")
     torch.testing.assert_close(again, torch.tensor(saved), atol=1e-5, rtol=1e-5)
@@ -205,9 +223,10 @@ def test_deepspeed_offload_accumulation_and_zero3_in_bf16(train, tmp_path):
     """ZeRO-3 in bf16: the adapters, added after zero.Init built the model in bf16, are cast to bf16 too (ZeRO-3
     refuses parameters of two dtypes). ZeRO-0 in bf16 runs in benchmarks/perf/zero_growth.py."""
     cfg = config(**train)
-    proc = launch("deepspeed", tmp_path, cfg)
+    proc = launch("torchrun", tmp_path, cfg)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     per_rank = assert_consistent_run(tmp_path)
+    assert_followed_whole(per_rank)  # in bf16 and with the optimizer offloaded too
     steps = 64 // (8 * 2) // train.get("gradient_accumulation_steps", 1) * train.get("epochs", 3)
     assert per_rank[0]["total_steps"] == steps  # growth counts optimizer steps, not micro-batches
     saved = json.loads((tmp_path / "run0" / "eval_logits.json").read_text())
@@ -233,8 +252,8 @@ def test_ddp_through_accelerate_launch(ddp):
 
 def test_ddp_resume_after_a_crash(ddp, tmp_path):
     ckpt = tmp_path / "ckpt"
-    assert launch("accelerate", tmp_path, DDP, checkpoints=ckpt, stop_after=6).returncode != 0
-    resumed = launch("accelerate", tmp_path, DDP, checkpoints=ckpt)
+    assert launch("torchrun", tmp_path, DDP, checkpoints=ckpt, stop_after=6).returncode != 0
+    resumed = launch("torchrun", tmp_path, DDP, checkpoints=ckpt)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     full, again = results(ddp), results(tmp_path)
     assert [r["ranks"] for r in again] == [full[0]["ranks"]] * 2
@@ -273,9 +292,9 @@ def test_single_process_resume_at_a_growth_event_is_exact(tmp_path):
 
 def test_zero2_resume_after_a_crash(zero2, tmp_path):
     ckpt = tmp_path / "ckpt"
-    crash = launch("deepspeed", tmp_path, config(zero_stage=2), checkpoints=ckpt, stop_after=4)
+    crash = launch("torchrun", tmp_path, config(zero_stage=2), checkpoints=ckpt, stop_after=4)
     assert crash.returncode != 0
-    resumed = launch("deepspeed", tmp_path, config(zero_stage=2), checkpoints=ckpt)
+    resumed = launch("torchrun", tmp_path, config(zero_stage=2), checkpoints=ckpt)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     full, again = results(zero2), results(tmp_path)
@@ -336,10 +355,10 @@ def test_ddp_units_join_fresh(tmp_path):
 
 def test_gradient_scorer_sees_full_gradients_under_zero2(tmp_path):
     """A gradient-reading scorer plugin gets the full (reduced) gradient under ZeRO-2, as under DDP."""
-    cfg = {**config(), "adapter": {**CONFIG["adapter"], "scorer": "grad-norm"}}
-    ds = launch("deepspeed", tmp_path / "zero2", {**cfg, "train": {**cfg["train"], "zero_stage": 2}})
+    cfg = {**config(epochs=1), "adapter": {**CONFIG["adapter"], "scorer": "grad-norm"}}  # the first event: step 2
+    ds = launch("torchrun", tmp_path / "zero2", {**cfg, "train": {**cfg["train"], "zero_stage": 2}})
     assert ds.returncode == 0, ds.stdout[-3000:] + ds.stderr[-3000:]
-    plain = launch("accelerate", tmp_path / "ddp", cfg)
+    plain = launch("torchrun", tmp_path / "ddp", cfg)
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
     zero, reference = results(tmp_path / "zero2"), results(tmp_path / "ddp")
     assert all(r["ranks"] == zero[0]["ranks"] for r in zero)
