@@ -18,10 +18,10 @@ from test_causal_lm import tiny_llama
 WORKER = Path(__file__).with_name("trainer_zero_worker.py")
 
 
-def run(out, stage, model, resume=None):
+def run(out, stage, model, resume=None, precision=""):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(WORKER), str(out), str(stage), str(resume or ""), model]
+    cmd = [sys.executable, str(WORKER), str(out), str(stage), str(resume or ""), model, precision]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((Path(out) / "result.json").read_text())
@@ -55,6 +55,7 @@ def test_trainer_under_zero_resumes_a_moved_checkpoint_exactly(stage, model, pla
     full = run(tmp_path / "full", stage, model)
     assert full["step"] == 8 and full["events"] == [4, 6, 8] and sum(full["ranks"].values()) > len(full["ranks"])
     assert full["ranks"] == plain["ranks"] and largest_gap(full, plain) < FRESH
+    assert full["followed"] == [True] and not full["partitioned"]  # the model was built before the arguments
     checkpoint = tmp_path / "full" / "checkpoint-4"
     assert (checkpoint / "triadapt_adapter.json").is_file() and not (checkpoint / "model.safetensors").is_file()
     engine_files = sum(f.stat().st_size for f in (checkpoint / "global_step4").rglob("*") if f.is_file())
@@ -65,3 +66,19 @@ def test_trainer_under_zero_resumes_a_moved_checkpoint_exactly(stage, model, pla
     resumed = run(tmp_path / "resumed", stage, model, resume=moved)
     assert resumed["ranks"] == full["ranks"] and resumed["events"] == full["events"]
     assert largest_gap(full, resumed) < 1e-6
+
+
+def test_trainer_under_zero3_in_bf16_builds_partitioned_and_grows(model, tmp_path):
+    """The usual ZeRO-3 script: TrainingArguments first, so the model is built inside deepspeed.zero.Init, partitioned
+    and in bf16. The callback casts the rank units to bf16 before deepspeed.initialize, as DeepSpeed casts a model
+    it did not build (without the cast they stay float32), follows DeepSpeed's fp32 copies, grows at the same steps,
+    and the adapter it saves loads into a model built whole."""
+    from transformers import LlamaForCausalLM
+
+    import triadapt
+
+    run_ = run(tmp_path, 3, model, precision="bf16")
+    assert run_["partitioned"] and run_["unit_dtypes"] == ["torch.bfloat16"] and run_["followed"] == [True]
+    assert run_["step"] == 8 and run_["events"] == [4, 6, 8] and sum(run_["ranks"].values()) > len(run_["ranks"])
+    whole = triadapt.load(LlamaForCausalLM.from_pretrained(model), tmp_path / "checkpoint-8")
+    assert whole.ranks == run_["ranks"]

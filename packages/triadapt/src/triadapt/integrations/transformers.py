@@ -231,9 +231,10 @@ def _prepare_zero3(controller: Controller, args: Any) -> None:
 
     * Activation checkpointing defaults to reentrant (``use_reentrant=True``) unless the user chose; the
       input embeddings' output then requires grad (``on_train_begin``) so the adapters get gradients.
-    * A base built partitioned (``deepspeed.zero.Init``, in 16 bits) is not cast by DeepSpeed, which
-      then meets float32 rank units among the parameters it gathers together and fails: the units
-      are cast to the base's 16-bit dtype, as DeepSpeed casts a whole model it did not build.
+    * A base built partitioned (``deepspeed.zero.Init``, in 16 bits) is not cast by DeepSpeed, so the
+      float32 rank units would stay float32 among 16-bit parameters (the runner's 2-process ZeRO-3
+      bf16 run failed so, in DeepSpeed's ``defragment``): the units are cast to the base's 16-bit
+      dtype, as DeepSpeed casts a whole model it did not build; its optimizer keeps fp32 copies.
     * The regulariser and the scorer read the units: DeepSpeed's persistence threshold is raised to
       the largest unit parameter so that none is partitioned (`_gather_units` then gathers them once).
     """
