@@ -72,5 +72,5 @@ def bench(session: nox.Session) -> None:
     install(session, "deepspeed==0.19.8", "bitsandbytes==0.50.2", "ray==2.60.0")
     env = {**OFFLINE, **os.environ}
     for script in ("step_time", "scorer_overhead", "inference", "memory", "cli_latency", "dispatch", "llm", "qlora",
-                   "grid_throughput", "zero_growth", "report"):
+                   "grid_throughput", "zero_growth", "zero_refresh_cost", "report"):
         session.run("python", f"benchmarks/perf/{script}.py", env=env)

@@ -193,6 +193,30 @@ def zero_growth_section(z: dict) -> list[str]:
     return lines
 
 
+def zero_refresh_section(z: dict) -> list[str]:
+    cases = z["cases"]
+    lines = ["## What the fresh-unit refresh costs per step", "", f"{z['setup']}; {z['date']}, commit {z['commit']}, "
+             f"{z['machine'].split(', torch')[0]}. The time spent keeping grown units fresh (the young rows' own bias "
+             "correction after every optimizer step, and the reset of joining units at growth events), in the torch "
+             "optimizer without DeepSpeed and in DeepSpeed's fp32 copies under each ZeRO stage (a post-step hook "
+             "inside DeepSpeed's step, `triadapt.zero_shares`), against the run's median step. Written by "
+             "`benchmarks/perf/zero_refresh_cost.py`.", "",
+             "| case | optimizer steps | growth events | refresh per step | median step | share of the step |",
+             "|---|---|---|---|---|---|"]
+    for name, row in cases.items():
+        lines.append(f"| {name} | {row['steps']} | {row['events']} | {row['refresh_ms_per_step']:.1f} ms | "
+                     f"{row['median_step_s'] * 1000:.0f} ms | {row['share_of_step'] * 100:.1f} % |")
+    zero = {n: r for n, r in cases.items() if n.startswith("ZeRO")}
+    worst = max(zero, key=lambda n: zero[n]["share_of_step"])
+    lines += ["", f"Under DeepSpeed the refresh costs {min(r['refresh_ms_per_step'] for r in zero.values()):.1f} to "
+              f"{max(r['refresh_ms_per_step'] for r in zero.values()):.1f} ms per step, at most "
+              f"{zero[worst]['share_of_step'] * 100:.1f} % of the step ({worst}), against "
+              f"{cases['no DeepSpeed']['refresh_ms_per_step']:.1f} ms without it: it finds each process's part of every "
+              "unit in DeepSpeed's flat copies again at each step (an engine may rebuild them), and corrects the young "
+              "rows there one matrix's share at a time, in Python.", ""]
+    return lines
+
+
 TRI = "triangular r=8 (capacity 16)"
 
 
@@ -438,6 +462,7 @@ def main() -> None:
     text += step_section(load("step_time")) + allocation_section(load("scorer_overhead"))
     text += inference_section(load("inference")) + memory_section(load("memory")) + cli_section(load("cli_latency"))
     text += grid_section(load("grid_throughput")) + zero_growth_section(load("zero_growth"))
+    text += zero_refresh_section(load("zero_refresh_cost"))
     text += dispatch_section(load("dispatch")) + llm_section(load("llm")) + qlora_section(load("qlora"))
     text += gpu_section() + gpu_step_section() + gpu_packing_section()
     (DOCS / "performance.md").write_text("\n".join(text))
