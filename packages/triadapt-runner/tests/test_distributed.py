@@ -1,8 +1,8 @@
 """Real 2-process runs on CPU (gloo): DeepSpeed ZeRO-2 under the deepspeed launcher, DDP under `accelerate launch`,
 ZeRO-1/2/3 and DDP under torchrun, a grid under torchrun, and crash-and-resume (single process: exact; ZeRO-2: same
 rank pattern, loss within tolerance). The runner sets itself up from the launcher's environment alone, so most runs
-use torchrun, the lightest launcher (the deepspeed launcher starts two Python processes that import DeepSpeed before
-the workers do: about 12 s a run here)."""
+use torchrun, the lightest launcher (the deepspeed launcher first starts two Python processes that each import
+DeepSpeed, one after the other, before the workers start)."""
 
 import json
 import os
