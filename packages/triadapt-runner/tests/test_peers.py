@@ -129,3 +129,27 @@ def test_adalora_resumes_exactly_from_a_checkpoint(tmp_path):
     assert resumed.run_metrics["rank_use"] == full.run_metrics["rank_use"]
     logits = [json.loads((tmp_path / name / "eval_logits.json").read_text()) for name in ("full", "crashed")]
     assert logits[0] == logits[1]
+
+
+def test_increlora_style_takes_its_preset_where_a_grid_row_leaves_the_strategy_null():
+    """A zip row writes null for the fields that do not apply (as benchmarks/ablations/offline-tables.yaml does for
+    the IncreLoRA-style row): the run's tags and the rank figure come from the preset, and the preflight passes."""
+    from triadapt.plugins.registry import Registry, use_registry
+    from triadapt_runner.grid.spec import parse_grid
+    from triadapt_runner.methods.registry import method_for
+    from triadapt_runner.preflight import Preflight
+
+    old = use_registry(Registry(entry_points=True))  # the sensitivity scorer's plugin
+    try:
+        spec = parse_grid({"name": "nulls", "base": {"task": "rotten_tomatoes", **TINY},
+                           "axes": [{"zip": {"approach": ["increlora-style", "triadapt"],
+                                             "adapter.scorer": [None, "fnorm"], "adapter.threshold": [None, "none"],
+                                             "adapter.fixed_k": [None, None]}}], "seeds": [0]})
+        increlora, fixed_ranks = (cell.config for cell in spec.cells())
+        method = method_for(increlora)
+        assert method.strategy_tags(increlora) == {"structure": "lora", "scorer": "sensitivity", "threshold": "fixed"}
+        assert method.allocates_ranks(increlora)
+        assert not method_for(fixed_ranks).allocates_ranks(fixed_ranks)  # threshold none: ranks never change
+        assert [check.error for check in map(Preflight().check, spec.cells())] == [None, None]
+    finally:
+        use_registry(old)

@@ -72,6 +72,8 @@ class Preflight:
 
         cfg = cell.config
         method = method_for(cfg)
+        method.strategy_tags(cfg)  # what the cell's run is tagged with, from the config alone: fails here, not at
+        method.allocates_ranks(cfg)  # the cell's start, where it would end the whole grid
         world = self._world(cfg)
         setup_for(cfg.train, world).check(cfg, method)
         task, rows = self._data(cfg.data)

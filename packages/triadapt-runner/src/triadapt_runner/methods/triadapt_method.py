@@ -19,8 +19,12 @@ class TriAdapt(Method):
     name = "triadapt"
     distributed = True
 
+    def fields(self, cfg: Any) -> dict[str, Any]:
+        """The adapter section this method trains with (a preset may fill or fix some of its fields)."""
+        return dict(cfg.adapter)
+
     def config(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Any:
-        return cfg.adapter_config(total_steps)
+        return cfg.adapter_config(total_steps, self.fields(cfg))
 
     def plan(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> MethodPlan:
         from triadapt import plan_injection
@@ -44,10 +48,10 @@ class TriAdapt(Method):
         return f"{a['structure']}/{a['scorer']}/{a['threshold']}"
 
     def allocates_ranks(self, cfg: Any) -> bool:
-        return cfg.adapter_config(None).threshold_grows
+        return cfg.adapter_config(None, self.fields(cfg)).threshold_grows
 
     def strategy_tags(self, cfg: Any) -> dict[str, str]:
-        a = cfg.adapter_config(None)
+        a = cfg.adapter_config(None, self.fields(cfg))
         return {"structure": a.structure, "scorer": a.scorer, "threshold": a.threshold}
 
 
