@@ -23,6 +23,9 @@ class TriAdapt(Method):
         """The adapter section this method trains with (a preset may fill or fix some of its fields)."""
         return dict(cfg.adapter)
 
+    def validate(self, cfg: Any) -> None:
+        cfg.adapter_config(None, self.fields(cfg))
+
     def config(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Any:
         return cfg.adapter_config(total_steps, self.fields(cfg))
 
@@ -78,14 +81,11 @@ class IncreLoRAStyle(TriAdapt):
         fields.setdefault("fixed_k", 1)  # until the plan knows M and the events
         return fields
 
-    def validate(self, cfg: Any) -> None:
-        cfg.adapter_config(None, self.fields(cfg))
-
     def config(self, model: torch.nn.Module, cfg: Any, total_steps: int) -> Any:
         from triadapt.planning import plan_injection
         from triadapt.schedule import event_steps
 
-        config = cfg.adapter_config(total_steps, self.fields(cfg))
+        config = super().config(model, cfg, total_steps)
         if cfg.adapter.get("fixed_k") is not None:
             return config
         try:
@@ -102,9 +102,6 @@ class IncreLoRAStyle(TriAdapt):
 
     def label(self, cfg: Any) -> str:
         return "IncreLoRA-style"
-
-    def strategy_tags(self, cfg: Any) -> dict[str, str]:
-        return {key: self.PRESET[key] for key in ("structure", "scorer", "threshold")}
 
 
 class TriAdaptAdapted(Adapted):
