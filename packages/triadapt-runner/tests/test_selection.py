@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, assert_bad_input, run_main, write_yaml
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid.choosing import apply_selection
-from triadapt_runner.grid.selection import Selection, choose
+from triadapt_runner.grid.selection import Selection, choose, edge
 from triadapt_runner.grid.spec import parse_grid
 from triadapt_runner.tracking.runs import Tracker
 
@@ -22,6 +22,16 @@ def test_choose_by_mean_of_the_selection_seeds():
     assert choose(SELECT, scores) == {"a": 5e-4, "b": 1e-4}
 
 
+def test_a_choice_at_an_end_of_a_numeric_axis_is_an_edge():
+    """The best value may lie beyond the grid: said for the largest or smallest of numbers, never for an inner value
+    or an axis of other values."""
+    values = (1e-4, 5e-4, 2.5e-3)
+    assert [edge(values, v) for v in values] == ["bottom", None, "top"]
+    assert edge((5e-3, 1e-4, 1e-3), 5e-3) == "top" and edge((5e-3, 1e-4, 1e-3), 1e-4) == "bottom"  # any order
+    assert edge(("linear", "nonlinear"), "linear") is None and edge((True, False), True) is None
+    assert edge((8, 16), 16) == "top"  # two values: every choice is an end
+
+
 GRID = {"name": "lr", "experiment": "lr", "base": {"task": "rotten_tomatoes", **TINY},
         "axes": [{"zip": {"method": ["TriAdaptLoRA", "TriAdaptLoRA again"]}}],
         "seeds": [0, 1], "select": {"axis": "train.learning_rate", "values": [1e-5, 2e-3], "seeds": [0]}}
@@ -33,6 +43,7 @@ def test_selection_then_the_other_seeds_at_the_chosen_value(tmp_path, capsys):
     assert run_main(["ablate", grid, "--dry-run"]) == 0
     assert "selection: train.learning_rate over [1e-05, 0.002] on seeds [0]" in capsys.readouterr().out
     assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("lr").experiment_id
     parent = client.search_runs([experiment], "tags.`triadapt.role` = 'parent'")[0]
@@ -52,9 +63,13 @@ def test_selection_then_the_other_seeds_at_the_chosen_value(tmp_path, capsys):
         assert sorted(int(r.data.tags["triadapt.seed"]) for r in chosen) == [0, 1]
         assert {float(r.data.params["train.learning_rate"]) for r in chosen} == {entry["chosen"]}
         assert [r.data.tags["triadapt.selection"] for r in runs].count("rejected") == 1
-    capsys.readouterr()
+        side, beyond = ("top", "above") if entry["chosen"] == 2e-3 else ("bottom", "below")
+        assert (f"selected train.learning_rate={entry['chosen']!r} for {row} (" in printed
+                and f"; the {side} of select.values: the best value may lie {beyond} it)" in printed)
     assert run_main(["compare", "--grid", "lr", "--tracking-uri", uri]) == 0
-    assert "(n=2)" in capsys.readouterr().out  # the rejected run is left out: no mixed configs
+    compared = capsys.readouterr().out
+    assert "(n=2)" in compared  # the rejected run is left out: no mixed configs
+    assert "rows that chose an end of train.learning_rate's values: the " in compared  # two values: both are ends
     assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0  # resume: all finished
     assert "grid done: 6 skipped" in capsys.readouterr().out
 

@@ -14,13 +14,15 @@ perplexity are minimised, every other metric maximised. The metric is checked wh
 read (`check_metric`): a name no row reports would leave every row without a choice. The
 chosen value and every score are logged on the parent run (``selection.json``); the runs of
 values not chosen are tagged ``triadapt.selection=rejected`` and left out of ``compare``.
+A row that chose the largest or smallest value of a numeric axis (`edge`) is said so, when
+it is chosen and below ``compare``'s table: its best value may lie outside the grid.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from triadapt_runner.errors import RunnerError
 
@@ -91,3 +93,12 @@ def choose(selection: Selection, scores: dict[str, dict[Any, list[float]]]) -> d
         if means:
             chosen[row] = max(means)[2]
     return chosen
+
+
+def edge(values: Sequence[Any], chosen: Any) -> str | None:
+    """``"top"`` / ``"bottom"`` when ``chosen`` is the largest / smallest of ``values``, all numbers: the best value
+    may lie beyond the grid. None for an inner value, or an axis that is not numeric."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) < 2 or len(numbers) != len(values) or chosen not in numbers:
+        return None
+    return "top" if chosen == max(numbers) else "bottom" if chosen == min(numbers) else None

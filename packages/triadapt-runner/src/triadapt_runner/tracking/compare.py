@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import statistics
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from triadapt_runner.tasks.registry import DEFAULT_KIND, KINDS, TaskKind, reported_metrics, resolve_metric, task_kind
@@ -212,10 +215,36 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
             notes.append(f"left out until the grid has chosen their value: {', '.join(rows)} "
                          f"({len(undecided)} finished selection run{'s' if len(undecided) > 1 else ''})")
         finished = [r for r in finished if f"{T}selection" in r.data.tags]
+        edges = edge_note(tracker, parent_id)
+        if edges and notes is not None:
+            notes.append(edges)
     device = device_note(finished)
     if device and notes is not None:
         notes.append(device)
     return finished
+
+
+def edge_note(tracker: Tracker, parent_id: str) -> str | None:
+    """One line naming the rows whose selection chose the largest or smallest value of a numeric axis
+    (`selection.json` on the grid's parent run): their best value may lie outside the grid."""
+    from triadapt_runner.grid.selection import edge
+
+    if "selection.json" not in {a.path for a in tracker.client.list_artifacts(parent_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        report = json.loads(Path(tracker.client.download_artifacts(parent_id, "selection.json", tmp)).read_text())
+    axis, values = report["select"]["axis"], report["select"]["values"]
+    sides: dict[str, list[str]] = {}
+    for row, entry in report["rows"].items():
+        side = edge(values, entry["chosen"])
+        if side:
+            sides.setdefault(side, []).append(json.loads(row).get("method", row))
+    if not sides:
+        return None
+    beyond = {"top": ("largest", max(values), "above"), "bottom": ("smallest", min(values), "below")}
+    parts = [f"the {beyond[side][0]} ({beyond[side][1]!r}; the best may lie {beyond[side][2]}): {', '.join(rows)}"
+             for side, rows in sorted(sides.items(), key=lambda item: item[0] != "top")]
+    return f"rows that chose an end of {axis}'s values: " + "; ".join(parts)
 
 
 def device_note(runs: list[Any]) -> str | None:
