@@ -14,7 +14,7 @@ from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid.outcome import CellOutcome
 from triadapt_runner.grid.spec import Cell
 from triadapt_runner.tracking.runs import FAILED, FINISHED, KILLED, TAG_PREFIX, Tracker
-from triadapt_runner.training import RunResult, train_run
+from triadapt_runner.tracking.results import RunResult
 
 T = TAG_PREFIX
 
@@ -51,6 +51,8 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
 
     try:
         with tempfile.TemporaryDirectory(dir=output_root) as tmp:
+            from triadapt_runner.training import train_run  # transformers: only when a cell trains
+
             result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress,
                                checkpoint_dir=_checkpoints(checkpoint_root, cell), on_set_up=open_run)
             _log_result(tracker, run_id, result)
@@ -95,6 +97,8 @@ def _run_cell_worker(cell: Cell, progress: bool, output_root: str | Path | None,
     """A non-main process: the same training, no tracking (its failure is reported by the main process)."""
     try:
         with tempfile.TemporaryDirectory(dir=output_root) as tmp:
+            from triadapt_runner.training import train_run
+
             result = train_run(cell.config, tmp, progress=progress, checkpoint_dir=_checkpoints(checkpoint_root, cell))
     except (KeyboardInterrupt, SystemExit):
         raise
