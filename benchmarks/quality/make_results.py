@@ -10,7 +10,8 @@ file (`*.tar.xz`, unpacked into a temporary folder) and, for runs whose stores a
 wrote of them (`earlier/`). A marker whose key no generator gives, or a generator whose words no longer fit the data
 (`claim`), stops the script with one line.
 
-    python benchmarks/quality/make_results.py            # rewrite the marked values of the pages
+    python benchmarks/quality/make_results.py            # rewrite the marked values of the pages (and draw the
+                                                         # figures: a table beside each holds what --check checks)
     python benchmarks/quality/make_results.py --check    # exit 1 when a page differs from what the stores give
 """
 
@@ -30,16 +31,25 @@ PAGES = [ROOT / "docs" / "results.md", ROOT / "README.md"]
 MARKER = re.compile(r"<!-- results:(?P<key>[\w.-]+) -->(?P<value>.*?)<!-- /results -->", re.DOTALL)
 
 
-def generated() -> dict[str, str]:
-    """Every key's value, from every store there is."""
+FIGURE_2 = ROOT / "docs" / "img" / "rotten-tomatoes-rank-heatmaps.png"
+
+
+def generated(draw: bool = False) -> dict[str, str]:
+    """Every key's value, from every store there is; with ``draw``, the page's figures are drawn again too."""
     import results_demo
     import results_drug_reviews
     import results_first_runs
+    import results_rotten_tomatoes
     from results_store import opened
 
     values: dict[str, str] = {}
     with opened("drug-reviews-long") as uri:
         values.update(results_drug_reviews.values(uri))
+    with opened("rotten-tomatoes") as uri:
+        rotten_tomatoes, panels = results_rotten_tomatoes.values(uri)
+        values.update(rotten_tomatoes)
+    if draw:
+        results_rotten_tomatoes.draw_figure_2(panels, FIGURE_2)
     with opened("demo") as uri:
         values.update(results_demo.values(uri))
     values.update(results_first_runs.values())
@@ -65,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a page differs from what the stores give")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    values = generated()
+    values = generated(draw=not args.check)
     stale = []
     for page in PAGES:
         text = page.read_text()

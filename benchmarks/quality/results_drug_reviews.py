@@ -106,6 +106,12 @@ def tables(grid: GridRuns, out: dict[str, str]) -> None:
           "TriAdaptLoRA linear against IncreLoRA-style is the largest gap between two low-rank rows")
     out["dr.linear-vs-increlora"] = ci_text(grid.diff("TriAdaptLoRA linear", "IncreLoRA-style"))
 
+    values = [float(v) for v in grid.selection()["peft LoRA"]["scores"]]
+    at_top = [m for m in grid.methods() if grid.selection()[m]["chosen"] == max(values)]
+    claim("TriAdaptLoRA linear" in at_top and "peft LoRA" not in at_top,
+          "TriAdaptLoRA linear chose the top of the drug-review grid, peft LoRA did not")
+    out["dr.at-top"] = f"{len(at_top)} rows ({', '.join(at_top)})"
+    out["dr.top"] = lr_text(max(values))
     full = grid.diff("full fine-tuning", "TriAdaptLoRA linear")
     claim(max(TABLE_I, key=grid.mean) == "full fine-tuning", "full fine-tuning is the best mean of Table I")
     out["dr.fullft-mean"] = f"{grid.mean('full fine-tuning') * 100:.2f}"

@@ -20,7 +20,7 @@ def table(tracker: Tracker, grid: str) -> str:
         report = json.loads(Path(tracker.client.download_artifacts(parent, "selection.json", tmp)).read_text())
     axis = report["select"]["axis"]
     values = [repr(v) for v in report["select"]["values"]]
-    lines = [f"| row | task | " + " | ".join(f"{axis}={v}" for v in values) + " | chosen |",
+    lines = ["| row | task | " + " | ".join(f"{axis}={v}" for v in values) + " | chosen |",
              "|---|---|" + "---|" * len(values) + "---|"]
     for row, entry in report["rows"].items():
         keys = json.loads(row)

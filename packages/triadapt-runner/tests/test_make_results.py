@@ -53,3 +53,14 @@ def test_a_marker_no_generator_gives_is_one_line(tmp_path):
     filled = make_results.render(page, "x <!-- results:k -->old<!-- /results -->\n<!-- results:t -->\n\n"
                                        "<!-- /results -->", {"k": "new", "t": "| a |"})
     assert filled == "x <!-- results:k -->new<!-- /results -->\n<!-- results:t -->\n\n| a |\n\n<!-- /results -->"
+
+
+def test_final_ranks_are_averaged_per_kind_of_matrix():
+    """Two layers: each kind's mean over them (hand-computed), the attention output apart from the FFN output."""
+    from results_rotten_tomatoes import KINDS, by_kind
+
+    names = list(KINDS)
+    ranks = {f"bert.encoder.layer.{layer}.{kind}": 2 * i + layer * 3 for layer in (0, 1) for i, kind in
+             enumerate(names)}
+    assert by_kind(ranks) == {"query": 1.5, "key": 3.5, "value": 5.5, "attn. output": 7.5, "FFN in": 9.5,
+                              "FFN out": 11.5}
