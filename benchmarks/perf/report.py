@@ -201,19 +201,27 @@ def zero_refresh_section(z: dict) -> list[str]:
              "optimizer without DeepSpeed and in DeepSpeed's fp32 copies under each ZeRO stage (a post-step hook "
              "inside DeepSpeed's step, `triadapt.zero_shares`), against the run's median step. Written by "
              "`benchmarks/perf/zero_refresh_cost.py`.", "",
-             "| case | optimizer steps | growth events | refresh per step | median step | share of the step |",
-             "|---|---|---|---|---|---|"]
+             "| case | optimizer steps | growth events | refresh per step | of which finding the shares | "
+             "hook calls per step | median step | share of the step |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in cases.items():
+        deepspeed = name.startswith("ZeRO")
         lines.append(f"| {name} | {row['steps']} | {row['events']} | {row['refresh_ms_per_step']:.1f} ms | "
-                     f"{row['median_step_s'] * 1000:.0f} ms | {row['share_of_step'] * 100:.1f} % |")
+                     + (f"{row['lookup_ms_per_step']:.1f} ms | {row['hook_calls_per_step']:.0f} | " if deepspeed
+                        else "— | — | ")
+                     + f"{row['median_step_s'] * 1000:.0f} ms | {row['share_of_step'] * 100:.1f} % |")
     zero = {n: r for n, r in cases.items() if n.startswith("ZeRO")}
     worst = max(zero, key=lambda n: zero[n]["share_of_step"])
+    lookup = max(r["lookup_ms_per_step"] / r["refresh_ms_per_step"] for r in zero.values())
+    twice = [n for n, r in zero.items() if r["hook_calls_per_step"] > 1]
     lines += ["", f"Under DeepSpeed the refresh costs {min(r['refresh_ms_per_step'] for r in zero.values()):.1f} to "
               f"{max(r['refresh_ms_per_step'] for r in zero.values()):.1f} ms per step, at most "
               f"{zero[worst]['share_of_step'] * 100:.1f} % of the step ({worst}), against "
-              f"{cases['no DeepSpeed']['refresh_ms_per_step']:.1f} ms without it: it finds each process's part of every "
-              "unit in DeepSpeed's flat copies again at each step (an engine may rebuild them), and corrects the young "
-              "rows there one matrix's share at a time, in Python.", ""]
+              f"{cases['no DeepSpeed']['refresh_ms_per_step']:.1f} ms without it. Finding each process's part of the "
+              f"units in DeepSpeed's copies again at each call (an engine may rebuild them) is at most "
+              f"{lookup * 100:.0f} % of that; the rest is the correction itself, one matrix's share at a time, in "
+              "Python" + (f", and under {', '.join(twice)} DeepSpeed's step calls the hook more than once per step "
+                          "(it steps its parameter groups one at a time, here two: with and without weight decay)" if twice else "") + ".", ""]
     return lines
 
 
