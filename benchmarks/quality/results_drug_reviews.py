@@ -10,7 +10,7 @@ from typing import Any
 
 import results_earlier as earlier
 from results_store import GridRuns, ci_text, lr_text, machine, pct, p_text, signed
-from results_tables import ablation_table, methods_table, sensitivity_table
+from results_tables import ablation_table, head_to_head, methods_table, sensitivity_table
 from triadapt_runner.grid.selection import edge
 
 TABLE_I = ["peft LoRA", "TriAdaptLoRA linear", "TriAdaptLoRA nonlinear", "TriAdaptLoRA fixed-k", "peft AdaLoRA",
@@ -157,14 +157,7 @@ def figures(grid: GridRuns, tables_grid: GridRuns, out: dict[str, str]) -> None:
     out["dr.fig-linear-t076"] = signed(against_default["TriAdaptLoRA linear t0=76"].diff)
     out["dr.fig-comparisons"] = str(len(against_default))
 
-    head = []
-    for variant in VARIANTS:
-        d = grid.diff(f"TriAdaptLoRA linear {variant}", f"IncreLoRA-style {variant}")
-        bold = d.p_value < 0.05
-        text = (f"{VARIANTS[variant].replace(' (default)', '').replace('t0 = ΔT = 8', 'default')} "
-                f"{'**' if bold else ''}{signed(d.diff)}{'**' if bold else ''} [{signed(d.ci_low)}, "
-                f"{signed(d.ci_high)}], {'**' if bold else ''}p = {p_text(d.p_value)}{'**' if bold else ''}")
-        head.append((variant, d, text))
+    head = head_to_head(grid, VARIANTS, *FIGURE_ROWS)
     out["dr.fig-head-to-head"] = "; ".join(text for _, _, text in head)
     behind = [v for v, d, _ in head if v != default and d.diff < 0]
     claim(len(behind) == 3 and head[0][1].diff > 0, "TriAdaptLoRA is behind at 3 of 4 moved variants, ahead at the "

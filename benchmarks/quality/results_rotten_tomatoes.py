@@ -13,13 +13,17 @@ from typing import Any
 import results_earlier as earlier
 from results_drug_reviews import ABLATIONS, TABLE_I, TRIADAPT, claim, dates, finished, lr, span
 from results_store import GridRuns, ci_text, lr_text, machine, markdown, p_text, pct, signed
-from results_tables import ablation_table, methods_table
+from results_tables import ablation_table, head_to_head, methods_table, sensitivity_table
 from triadapt_runner.grid.selection import edge
 
 TABLES = "offline-tables"
 FIGURES = "offline-sensitivity-rotten-tomatoes"
 LOW_RANK = TABLE_I[:-1]
 FIGURE_2 = ["TriAdaptLoRA linear", "peft AdaLoRA", "IncreLoRA-style"]  # the rows whose ranks are allocated
+VARIANTS = {"t0=ΔT=4": "t0 = ΔT = 4 (default)", "t0=19": "t0 = 19", "t0=38": "t0 = 38", "ΔT=2": "ΔT = 2",
+            "ΔT=12": "ΔT = 12"}
+FIGURE_ROWS = ["TriAdaptLoRA linear", "IncreLoRA-style"]
+SHORT = {"TriAdaptLoRA linear": "linear", "IncreLoRA-style": "increlora"}  # in marker keys
 KINDS = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
          "attention.output.dense": "attn. output", "intermediate.dense": "FFN in", "output.dense": "FFN out"}
 
@@ -173,8 +177,33 @@ def draw_figure_2(panels: dict[str, dict[str, int]], path: Path) -> None:
                   title="final ranks per matrix, Rotten Tomatoes")
 
 
-def figures_progress(uri: str, out: dict[str, str]) -> None:
-    """How many of the Figures grid's cells have finished (the grid is run after the Tables grid)."""
+def figures(grid: GridRuns, tables: GridRuns, out: dict[str, str]) -> None:
+    """Figures 3-4 from the complete Figures grid: each variant at its own chosen rate, against its method's default
+    and head to head."""
+    out["rt.figures"] = sensitivity_table(grid, VARIANTS, FIGURE_ROWS)
+    out["rt.figure-cells"] = str(len(finished(grid)))
+    default, moved = next(iter(VARIANTS)), list(VARIANTS)[1:]
+    for method in FIGURE_ROWS:
+        claim(grid.values(f"{method} {default}") == tables.values(method),
+              f"the default {method} cells reproduce the Tables grid's seed by seed")
+        out[f"rt.fig-range-{SHORT[method]}"] = span([grid.mean(f"{method} {v}") for v in VARIANTS],
+                                                                lambda v: f"{v * 100:.2f}")
+        out[f"rt.fig-rates-{SHORT[method]}"] = ", ".join(
+            f"{VARIANTS[v].replace(' (default)', '')} {lr_text(grid.selection()[f'{method} {v}']['chosen'])}"
+            for v in VARIANTS)
+    against_default = {f"{m} {v}": grid.diff(f"{m} {v}", f"{m} {default}") for m in FIGURE_ROWS for v in moved}
+    significant = [f"{m} ({signed(d.diff)}, p = {p_text(d.p_value)})" for m, d in against_default.items()
+                   if d.p_value < 0.05]
+    out["rt.fig-vs-default"] = "; ".join(significant) or "none"
+    out["rt.fig-comparisons"] = str(len(against_default))
+    head = head_to_head(grid, VARIANTS, *FIGURE_ROWS)
+    out["rt.fig-head-to-head"] = "; ".join(text for _, _, text in head)
+    out["rt.fig-ahead"] = f"{sum(d.diff > 0 for _, d, _ in head)} of {len(head)}"
+
+
+def figures_progress(uri: str, out: dict[str, str]) -> bool:
+    """How many of the Figures grid's cells have finished (the grid is run after the Tables grid); whether it is
+    complete."""
     from triadapt_runner.grid.spec import load_grid
     from triadapt_runner.tracking.compare import parent_of
     from triadapt_runner.tracking.runs import Tracker, experiments_with_grid
@@ -187,8 +216,8 @@ def figures_progress(uri: str, out: dict[str, str]) -> None:
     if experiments:
         tracker = Tracker(uri, experiments[0], create=False)
         done = sum(r.info.status == "FINISHED" for r in tracker.children(parent_of(tracker, FIGURES)))
-    claim(done < planned, f"the {FIGURES} grid is not complete (generate its table once it is)")
     out["rt.figure-progress"] = f"{done} of its {planned} cells"
+    return done == planned
 
 
 def values(uri: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
@@ -199,6 +228,7 @@ def values(uri: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     table_1(grid, first, out)
     tables_2_3(grid, out)
     panels = figure_2(grid, out)
-    figures_progress(uri, out)
+    if figures_progress(uri, out):
+        figures(GridRuns(uri, FIGURES), grid, out)
     return out, panels
 

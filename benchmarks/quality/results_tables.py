@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from results_store import GridRuns, ci_text, lr_text, machine, markdown, mean_std, pct, p_text, signed
 
 
@@ -85,3 +87,16 @@ def sensitivity_table(grid: GridRuns, variants: dict[str, str], methods: list[st
                     run_metric(grid, name, "rank_use")]
         rows.append(row)
     return markdown(head, rows)
+
+
+def head_to_head(grid: GridRuns, variants: dict[str, str], method: str, peer: str) -> list[tuple[str, Any, str]]:
+    """``method`` − ``peer`` at each variant, paired on seeds: (variant, the difference, its text), the text with the
+    variant's label (the default's as "default") and a difference with p < 0.05 in bold."""
+    out = []
+    for variant, label in variants.items():
+        d = grid.diff(f"{method} {variant}", f"{peer} {variant}")
+        bold = "**" if d.p_value < 0.05 else ""
+        name = "default" if label.endswith("(default)") else label
+        out.append((variant, d, f"{name} {bold}{signed(d.diff)}{bold} [{signed(d.ci_low)}, {signed(d.ci_high)}], "
+                                f"{bold}p = {p_text(d.p_value)}{bold}"))
+    return out
