@@ -29,6 +29,7 @@ def test_a_choice_at_an_end_of_a_numeric_axis_is_an_edge():
     assert [edge(values, v) for v in values] == ["bottom", None, "top"]
     assert edge((5e-3, 1e-4, 1e-3), 5e-3) == "top" and edge((5e-3, 1e-4, 1e-3), 1e-4) == "bottom"  # any order
     assert edge(("linear", "nonlinear"), "linear") is None and edge((True, False), True) is None
+    assert edge((0, 1), True) is None and edge((0, 1), None) is None  # True == 1, but it is not a value listed
     assert edge((8, 16), 16) == "top"  # two values: every choice is an end
 
 
@@ -69,7 +70,12 @@ def test_selection_then_the_other_seeds_at_the_chosen_value(tmp_path, capsys):
     assert run_main(["compare", "--grid", "lr", "--tracking-uri", uri]) == 0
     compared = capsys.readouterr().out
     assert "(n=2)" in compared  # the rejected run is left out: no mixed configs
-    assert "rows that chose an end of train.learning_rate's values: the " in compared  # two values: both are ends
+    ends = {"top": [], "bottom": []}  # two values: every row is at one end
+    for row, entry in report["rows"].items():
+        ends["top" if entry["chosen"] == 2e-3 else "bottom"].append(json.loads(row)["method"])
+    parts = [f"the largest (0.002; the best may lie above): {', '.join(ends['top'])}" if ends["top"] else "",
+             f"the smallest (1e-05; the best may lie below): {', '.join(ends['bottom'])}" if ends["bottom"] else ""]
+    assert "rows that chose an end of train.learning_rate's values: " + "; ".join(p for p in parts if p) in compared
     assert run_main(["ablate", grid, "--tracking-uri", uri, "--no-progress"]) == 0  # resume: all finished
     assert "grid done: 6 skipped" in capsys.readouterr().out
 

@@ -82,3 +82,19 @@ def test_the_committed_drug_reviews_grid_resumes_without_rerunning_a_cell(store_
     outcomes = run_scheduled(spec, NothingMayStart(), tracker=tracker, parent_id=parent_id, done=done,
                              fail_fast=False, progress=False)
     assert len(outcomes) == 60 and {o.status for o in outcomes} == {"skipped"}
+
+
+def test_a_finished_grid_is_rerun_without_the_training_stack(store_archive, tmp_path):
+    """`triadapt demo` on the committed demo store (every cell finished) skips every cell without importing the
+    training module, accelerate or peft (they load only when a cell trains)."""
+    import subprocess
+    import sys
+
+    store_archive.unpack(SCRIPT.parent / "demo.tar.xz", tmp_path / "demo")
+    probe = ("import sys\nfrom triadapt_runner.cli import main\ncode = main(['demo', '--tracking-uri', sys.argv[1], "
+             "'--no-progress'])\nprint('loaded:', sorted(m for m in ('accelerate', 'peft', 'triadapt_runner.training') "
+             "if m in sys.modules))\nsys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped" in done.stdout and "loaded: []" in done.stdout, done.stdout[-2000:]

@@ -49,10 +49,10 @@ def run_cell(tracker: Tracker | None, cell: Cell, parent_id: str | None, grid: s
         tracker.log_params(run_id, cfg.to_dict())
         tracker.log_json(run_id, "resolved_config.json", cfg.to_dict())
 
+    from triadapt_runner.training import train_run  # transformers: only when a cell trains, before its run opens
+
     try:
         with tempfile.TemporaryDirectory(dir=output_root) as tmp:
-            from triadapt_runner.training import train_run  # transformers: only when a cell trains
-
             result = train_run(cfg, tmp, log=lambda m, s: tracker.log_metrics(run_id, m, s), progress=progress,
                                checkpoint_dir=_checkpoints(checkpoint_root, cell), on_set_up=open_run)
             _log_result(tracker, run_id, result)
@@ -95,10 +95,10 @@ def _tags(cell: Cell, grid: str | None, extra_tags: dict[str, str] | None) -> di
 def _run_cell_worker(cell: Cell, progress: bool, output_root: str | Path | None,
                      checkpoint_root: str | Path | None) -> CellOutcome:
     """A non-main process: the same training, no tracking (its failure is reported by the main process)."""
+    from triadapt_runner.training import train_run
+
     try:
         with tempfile.TemporaryDirectory(dir=output_root) as tmp:
-            from triadapt_runner.training import train_run
-
             result = train_run(cell.config, tmp, progress=progress, checkpoint_dir=_checkpoints(checkpoint_root, cell))
     except (KeyboardInterrupt, SystemExit):
         raise

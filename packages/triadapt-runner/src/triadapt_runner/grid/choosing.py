@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from triadapt_runner.errors import RunnerError
-from triadapt_runner.grid.selection import choose, edge
+from triadapt_runner.grid.selection import BEYOND, choose, edge
 from triadapt_runner.grid.spec import GridSpec
 from triadapt_runner.tracking.runs import FINISHED, TAG_PREFIX, Tracker
 
 T = TAG_PREFIX
 
 CHOSEN = {f"{T}selection": "chosen"}  # the tag of a row's cells at its chosen value, after its selection
-EDGE_WORDS = {"top": "above", "bottom": "below"}
 
 
 def apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce: str) -> dict[str, Any]:
@@ -56,7 +55,7 @@ def apply_selection(spec: GridSpec, tracker: Tracker, parent_id: str, announce: 
             continue
         listed = ", ".join(f"{v!r}: {sum(s) / len(s):.4f}" for v, s in by_value.items())
         side = edge(select.values, chosen.get(row))
-        beyond = f"; the {side} of select.values: the best value may lie {EDGE_WORDS[side]} it" if side else ""
+        beyond = f"; the {side} of select.values: the best value may lie {BEYOND[side]} it" if side else ""
         print(f"selected {select.axis}={chosen.get(row)!r} for {row} ({listed}{beyond})", flush=True)
     return chosen
 

@@ -95,10 +95,13 @@ def choose(selection: Selection, scores: dict[str, dict[Any, list[float]]]) -> d
     return chosen
 
 
+BEYOND = {"top": "above", "bottom": "below"}  # where the best value may lie when the choice is at that end
+
+
 def edge(values: Sequence[Any], chosen: Any) -> str | None:
     """``"top"`` / ``"bottom"`` when ``chosen`` is the largest / smallest of ``values``, all numbers: the best value
     may lie beyond the grid. None for an inner value, or an axis that is not numeric."""
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if len(numbers) < 2 or len(numbers) != len(values) or chosen not in numbers:
+    if len(numbers) < 2 or len(numbers) != len(values) or isinstance(chosen, bool) or chosen not in numbers:
         return None
     return "top" if chosen == max(numbers) else "bottom" if chosen == min(numbers) else None

@@ -215,8 +215,8 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
             notes.append(f"left out until the grid has chosen their value: {', '.join(rows)} "
                          f"({len(undecided)} finished selection run{'s' if len(undecided) > 1 else ''})")
         finished = [r for r in finished if f"{T}selection" in r.data.tags]
-        edges = edge_note(tracker, parent_id)
-        if edges and notes is not None:
+        edges = edge_note(tracker, parent_id) if notes is not None else None
+        if edges:
             notes.append(edges)
     device = device_note(finished)
     if device and notes is not None:
@@ -227,7 +227,7 @@ def collect_runs(tracker: Tracker, *, parent_id: str | None = None, grid: str | 
 def edge_note(tracker: Tracker, parent_id: str) -> str | None:
     """One line naming the rows whose selection chose the largest or smallest value of a numeric axis
     (`selection.json` on the grid's parent run): their best value may lie outside the grid."""
-    from triadapt_runner.grid.selection import edge
+    from triadapt_runner.grid.selection import BEYOND, edge
 
     if "selection.json" not in {a.path for a in tracker.client.list_artifacts(parent_id)}:
         return None
@@ -236,15 +236,26 @@ def edge_note(tracker: Tracker, parent_id: str) -> str | None:
     axis, values = report["select"]["axis"], report["select"]["values"]
     sides: dict[str, list[str]] = {}
     for row, entry in report["rows"].items():
-        side = edge(values, entry["chosen"])
+        side = edge(values, entry.get("chosen"))
         if side:
-            sides.setdefault(side, []).append(json.loads(row).get("method", row))
+            sides.setdefault(side, []).append(_row_label(row))
     if not sides:
         return None
-    beyond = {"top": ("largest", max(values), "above"), "bottom": ("smallest", min(values), "below")}
-    parts = [f"the {beyond[side][0]} ({beyond[side][1]!r}; the best may lie {beyond[side][2]}): {', '.join(rows)}"
+    ends = {"top": ("largest", max(values)), "bottom": ("smallest", min(values))}
+    parts = [f"the {ends[side][0]} ({ends[side][1]!r}; the best may lie {BEYOND[side]}): {', '.join(rows)}"
              for side, rows in sorted(sides.items(), key=lambda item: item[0] != "top")]
     return f"rows that chose an end of {axis}'s values: " + "; ".join(parts)
+
+
+def _row_label(row: str) -> str:
+    """A selection row (its axis values as JSON) as the table names it: method (task), or the values themselves."""
+    try:
+        keys = json.loads(row)
+    except ValueError:
+        return row
+    if not isinstance(keys, dict) or "method" not in keys:
+        return row
+    return f"{keys['method']} ({keys['task']})" if "task" in keys else str(keys["method"])
 
 
 def device_note(runs: list[Any]) -> str | None:
