@@ -24,19 +24,22 @@ VARIANTS = {"t0=ΔT=4": "t0 = ΔT = 4 (default)", "t0=19": "t0 = 19", "t0=38": "
             "ΔT=12": "ΔT = 12"}
 FIGURE_ROWS = ["TriAdaptLoRA linear", "IncreLoRA-style"]
 SHORT = {"TriAdaptLoRA linear": "linear", "IncreLoRA-style": "increlora"}  # in marker keys
-KINDS = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+MATRIX_KINDS = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
          "attention.output.dense": "attn. output", "intermediate.dense": "FFN in", "output.dense": "FFN out"}
 
 
 def table_1(grid: GridRuns, first: dict[str, earlier.Row], out: dict[str, str]) -> None:
     runs = finished(grid)
     claim(all(machine(r) == "C" for r in runs), "every Rotten Tomatoes cell ran on the CPU")
+    devices = {r.data.tags.get("triadapt.device") for r in runs}
+    claim(len(devices) == 1, "every Rotten Tomatoes cell ran on one device")
+    out["rt.device"] = devices.pop()
     out["rt.cells"], out["rt.dates"] = str(len(runs)), dates(runs)
-    out["rt.lr-grid"] = " / ".join(lr_text(float(v)) for v in grid.selection()["peft LoRA"]["scores"])
+    out["rt.lr-grid"] = " / ".join(lr_text(v) for v in grid.select_values())
     out["rt.table-1"] = methods_table(grid, TABLE_I, "peft LoRA")
 
     others = [m for m in grid.methods() if m != "peft LoRA"]
-    significant = [m for m in others if grid.diff(m, "peft LoRA").p_value < 0.05]
+    significant = [m for m in others if (grid.diff(m, "peft LoRA").p_value or 1) < 0.05]
     no_norm = grid.diff("TriAdaptLoRA linear no norm", "peft LoRA")
     claim(significant == ["TriAdaptLoRA linear no norm"] and no_norm.diff < 0,
           "the one row that differs from peft LoRA at p < 0.05 is TriAdaptLoRA linear no norm, below it")
@@ -48,7 +51,9 @@ def table_1(grid: GridRuns, first: dict[str, earlier.Row], out: dict[str, str]) 
     claim(max(means, key=means.get) == "peft AdaLoRA", "peft AdaLoRA has the best mean of the low-rank rows")
     claim(min(means, key=means.get) == "IncreLoRA-style", "the IncreLoRA-style row has the lowest mean")
     out["rt.linear-vs-increlora"] = ci_text(grid.diff("TriAdaptLoRA linear", "IncreLoRA-style"))
-    out["rt.adalora-vs-linear"] = ci_text(grid.diff("peft AdaLoRA", "TriAdaptLoRA linear"))
+    adalora = grid.diff("peft AdaLoRA", "TriAdaptLoRA linear")
+    claim(adalora.p_value >= 0.05, "peft AdaLoRA and TriAdaptLoRA linear cannot be told apart")
+    out["rt.adalora-vs-linear"] = ci_text(adalora)
     linear = grid.diff("TriAdaptLoRA linear", "peft LoRA")
     out["rt.linear-vs-lora"] = f"{signed(linear.diff)}, p = {p_text(linear.p_value)}"
     below = [m for m in TRIADAPT if means[m] < means["peft LoRA"]]
@@ -66,9 +71,16 @@ def table_1(grid: GridRuns, first: dict[str, earlier.Row], out: dict[str, str]) 
     out["rt.lead-then-now"] = f"{pct(first_lead, 2)} to {pct(linear.diff, 2)}"
     claim(max(moved, key=moved.get) == "peft LoRA", "peft LoRA moved up the most with the finer grid")
     choices = {m: grid.selection()[m]["chosen"] for m in TABLE_I}
-    claim(choices["peft LoRA"] == 1e-3, "peft LoRA chose 1e-3, a rate the first grid did not have")
+    lora_scores = grid.selection()["peft LoRA"]["scores"]
+    claim(choices["peft LoRA"] == 1e-3 and all(lora_scores[repr(1e-3)] > lora_scores[repr(v)] for v in (5e-4, 2.5e-3)),
+          "peft LoRA chose 1e-3, a rate the first grid did not have, over both of that grid's rates around it")
+    triadapt_rows = [m for m in grid.methods() if m.startswith("TriAdaptLoRA")]
+    out["rt.triadapt-vs-lora"] = span([grid.diff(m, "peft LoRA").diff for m in triadapt_rows], signed)
+    out["rt.linear-rate"] = lr_text(choices["TriAdaptLoRA linear"])
+    out["rt.increlora-rate"] = lr_text(choices["IncreLoRA-style"])
+    out["rt.fullft-rate"] = lr_text(choices["full fine-tuning"])
 
-    values = [float(v) for v in grid.selection()["peft LoRA"]["scores"]]
+    values = grid.select_values()
     top = max(values)
     at_top = [m for m in grid.methods() if edge(values, grid.selection()[m]["chosen"]) == "top"]
     claim(set(TRIADAPT + ["peft AdaLoRA"]) <= set(at_top) and "peft LoRA" not in at_top,
@@ -90,6 +102,7 @@ def tables_2_3(grid: GridRuns, out: dict[str, str]) -> None:
     out["rt.tables-2-3"] = ablation_table(grid, ABLATIONS, "TriAdaptLoRA linear", "peft LoRA")
     ablations = list(ABLATIONS)[1:]
     diffs = {m: grid.diff(m, "TriAdaptLoRA linear") for m in ablations}
+    claim(min(d.p_value for d in diffs.values()) >= 0.05, "no ablation differs from TriAdaptLoRA linear at p < 0.05")
     out["rt.ablation-min-p"] = p_text(min(d.p_value for d in diffs.values()))
     out["rt.ablation-range"] = span([d.diff for d in diffs.values()], lambda v: signed(v))
     hits = {m: list(grid.values(m, "capacity_hits").values()) for m in ABLATIONS}
@@ -100,6 +113,8 @@ def tables_2_3(grid: GridRuns, out: dict[str, str]) -> None:
     out["rt.nonorm-hits"] = span(hits["TriAdaptLoRA linear no norm"], lambda v: f"{v:.0f}")
     off = diffs["TriAdaptLoRA linear non-orthogonal"]
     claim(off.diff > 0, "the regulariser off is ahead of on")
+    claim(grid.mean("TriAdaptLoRA linear non-orthogonal") > grid.mean("peft AdaLoRA"),
+          "the regulariser-off ablation's mean is above peft AdaLoRA's")
     out["rt.orth-off"] = f"{signed(off.diff)}, p = {p_text(off.p_value)}"
     order = sorted(ABLATIONS, key=grid.mean, reverse=True)
     claim(order == ["TriAdaptLoRA linear non-orthogonal", "TriAdaptLoRA linear", "TriAdaptLoRA linear norm sqrt(r)",
@@ -118,7 +133,7 @@ def by_kind(ranks: dict[str, int]) -> dict[str, float]:
 
     _, kinds, grid = rank_grid(ranks)
     means = {kind: statistics.fmean(row[i] for row in grid) for i, kind in enumerate(kinds)}
-    return {label: means[kind] for kind, label in KINDS.items()}
+    return {label: means[kind] for kind, label in MATRIX_KINDS.items()}
 
 
 def seed_0_runs(grid: GridRuns, method: str) -> dict[float, Any]:
@@ -132,16 +147,14 @@ def figure_2(grid: GridRuns, out: dict[str, str]) -> dict[str, dict[str, int]]:
     query / key matrices and the rest."""
     panels = {m: final_ranks(grid, grid.run(m, 0)) for m in FIGURE_2}
     kinds = {m: by_kind(r) for m, r in panels.items()}
-    head = ["seed 0 at its chosen rate"] + list(KINDS.values()) + ["min–max", "sum"]
+    head = ["seed 0 at its chosen rate"] + list(MATRIX_KINDS.values()) + ["min–max", "sum"]
     rows = [[m] + [f"{v:.1f}" for v in kinds[m].values()]
             + [f"{min(panels[m].values())}–{max(panels[m].values())}", str(sum(panels[m].values()))] for m in FIGURE_2]
     out["rt.figure-2"] = markdown(head, rows)
-    claim(all(sorted(kinds[m], key=kinds[m].get)[:2] in (["query", "key"], ["key", "query"]) for m in FIGURE_2[1:]),
-          "peft AdaLoRA and the IncreLoRA-style row give query and key the least")
     claim(sorted(kinds[FIGURE_2[0]], key=kinds[FIGURE_2[0]].get)[-2:] in (["query", "key"], ["key", "query"]),
           "TriAdaptLoRA linear gives query and key the most at its chosen rate")
 
-    rates = sorted(float(v) for v in grid.selection()["peft LoRA"]["scores"])
+    rates = sorted(grid.select_values())
     cells: dict[str, dict[float, dict[str, float]]] = {
         m: {rate: by_kind(final_ranks(grid, run)) for rate, run in sorted(seed_0_runs(grid, m).items())}
         for m in FIGURE_2}
@@ -163,6 +176,9 @@ def figure_2(grid: GridRuns, out: dict[str, str]) -> dict[str, dict[str, int]]:
     pairs = [grid.diff(a, b).p_value for i, a in enumerate(FIGURE_2) for b in FIGURE_2[i + 1:]]
     claim(min(pairs) >= 0.05, "no two of the allocating rows differ at p < 0.05")
     out["rt.fig2-min-p"] = p_text(min(pairs))
+    lean = {r: statistics.fmean(cells[FIGURE_2[0]][r][k] for k in attention)
+            - statistics.fmean(v for k, v in cells[FIGURE_2[0]][r].items() if k not in attention) for r in rates}
+    claim(min(lean.values()) < 0 < max(lean.values()), "which kinds TriAdaptLoRA linear favours changes with the rate")
     claim(all(spread[FIGURE_2[0]][r] < min(spread[m][r] for m in FIGURE_2[1:]) for r in rates),
           "TriAdaptLoRA linear's kinds are closer together than either peer's at every rate")
     out["rt.fig2-linear-spread"] = span(list(spread[FIGURE_2[0]].values()), lambda v: f"{v:.1f}")
@@ -193,7 +209,7 @@ def figures(grid: GridRuns, tables: GridRuns, out: dict[str, str]) -> None:
             for v in VARIANTS)
     against_default = {f"{m} {v}": grid.diff(f"{m} {v}", f"{m} {default}") for m in FIGURE_ROWS for v in moved}
     significant = [f"{m} ({signed(d.diff)}, p = {p_text(d.p_value)})" for m, d in against_default.items()
-                   if d.p_value < 0.05]
+                   if (d.p_value or 1) < 0.05]
     out["rt.fig-vs-default"] = "; ".join(significant) or "none"
     out["rt.fig-comparisons"] = str(len(against_default))
     head = head_to_head(grid, VARIANTS, *FIGURE_ROWS)

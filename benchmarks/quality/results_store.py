@@ -85,7 +85,13 @@ class GridRuns:
                 path = self.tracker.client.download_artifacts(self.parent, "selection.json", tmp)
                 report = json.loads(Path(path).read_text())
             self._selection = {json.loads(row)["method"]: entry for row, entry in report["rows"].items()}
+            self._select = report["select"]
         return self._selection
+
+    def select_values(self) -> list[float]:
+        """The values the grid's ``select`` chose from, as its spec lists them (``selection.json``)."""
+        self.selection()
+        return [float(v) for v in self._select["values"]]
 
     def selection_machines(self, method: str) -> dict[str, str]:
         """The machine of each selection run of ``method`` (keyed like ``selection()``'s scores)."""

@@ -46,7 +46,7 @@ def accuracy(grid: GridRuns, method: str) -> str:
 
 def methods_table(grid: GridRuns, methods: list[str], baseline: str) -> str:
     """Table I: each row's selection, accuracy, seeds, Δ against ``baseline``, rank use and capacity hits."""
-    head = ["method", "lr at seed 0: " + " / ".join(lr_text(float(v)) for v in grid.selection()[baseline]["scores"])
+    head = ["method", "lr at seed 0: " + " / ".join(lr_text(v) for v in grid.select_values())
             + " → chosen", "accuracy (n = 3)", "per seed", f"Δ vs {baseline} [95 % CI], p", "rank use",
             "capacity hits per seed"]
     rows = [[m, selection_cell(grid, m), accuracy(grid, m), per_seed(grid, m),
@@ -57,7 +57,7 @@ def methods_table(grid: GridRuns, methods: list[str], baseline: str) -> str:
 
 def ablation_table(grid: GridRuns, labels: dict[str, str], baseline: str, peer: str) -> str:
     """Tables II-III: each ablation against ``baseline`` (with CI) and against ``peer`` (Δ, p)."""
-    head = ["method", "lr at seed 0: " + " / ".join(lr_text(float(v)) for v in grid.selection()[baseline]["scores"])
+    head = ["method", "lr at seed 0: " + " / ".join(lr_text(v) for v in grid.select_values())
             + " → chosen", "accuracy (n = 3)", "per seed", f"Δ vs {baseline} [95 % CI], p", f"Δ vs {peer}, p",
             "capacity hits per seed"]
     rows = []
@@ -95,7 +95,7 @@ def head_to_head(grid: GridRuns, variants: dict[str, str], method: str, peer: st
     out = []
     for variant, label in variants.items():
         d = grid.diff(f"{method} {variant}", f"{peer} {variant}")
-        bold = "**" if d.p_value < 0.05 else ""
+        bold = "**" if (d.p_value or 1) < 0.05 else ""
         name = "default" if label.endswith("(default)") else label
         out.append((variant, d, f"{name} {bold}{signed(d.diff)}{bold} [{signed(d.ci_low)}, {signed(d.ci_high)}], "
                                 f"{bold}p = {p_text(d.p_value)}{bold}"))

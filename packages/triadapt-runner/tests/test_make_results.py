@@ -57,10 +57,17 @@ def test_a_marker_no_generator_gives_is_one_line(tmp_path):
 
 def test_final_ranks_are_averaged_per_kind_of_matrix():
     """Two layers: each kind's mean over them (hand-computed), the attention output apart from the FFN output."""
-    from results_rotten_tomatoes import KINDS, by_kind
+    from results_rotten_tomatoes import MATRIX_KINDS, by_kind
 
-    names = list(KINDS)
+    names = list(MATRIX_KINDS)
     ranks = {f"bert.encoder.layer.{layer}.{kind}": 2 * i + layer * 3 for layer in (0, 1) for i, kind in
              enumerate(names)}
     assert by_kind(ranks) == {"query": 1.5, "key": 3.5, "value": 5.5, "attn. output": 7.5, "FFN in": 9.5,
                               "FFN out": 11.5}
+
+
+def test_a_value_no_page_shows_is_named():
+    """A generator that gives a key no page marks (a finished grid whose section is not written) stops the script."""
+    pages = ["a <!-- results:k -->1<!-- /results -->", "<!-- results:t -->\n\n| a |\n\n<!-- /results -->"]
+    assert make_results.not_shown({"k": "1", "t": "| a |"}, pages) == []
+    assert make_results.not_shown({"k": "1", "t": "| a |", "rt.figures": "| b |"}, pages) == ["rt.figures"]
