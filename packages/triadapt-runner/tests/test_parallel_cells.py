@@ -107,9 +107,32 @@ def test_an_interrupt_stops_the_workers_too(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _runs_started(uri) -> bool:
+def test_a_terminated_serial_grid_marks_its_running_cell_killed(tmp_path):
+    """SIGTERM to a serial `ablate` (as a batch scheduler's time limit sends it) ends it as Ctrl-C does: exit 130,
+    and the cell that was training is marked KILLED at once, not left RUNNING until a resume finds it."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    long = {**PLAIN, "base": {**PLAIN["base"], "train": {**TINY["train"], "epochs": 400}}}
+    grid = write_yaml(tmp_path / "g.yaml", long)
+    cmd = [sys.executable, "-m", "triadapt_runner.cli", "ablate", str(grid), "--tracking-uri", uri, "--no-progress"]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        main = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        return len(_runs(uri, "cell")[1]) == 2
+        deadline = time.time() + 300
+        while time.time() < deadline and not _runs_started(uri, 1):
+            time.sleep(1)
+        assert [r.info.status for r in _runs(uri, "cell")[1]] == ["RUNNING"], log.read_text()[-2000:]
+        main.send_signal(signal.SIGTERM)
+        assert main.wait(timeout=60) == 130, log.read_text()[-2000:]
+        assert [r.info.status for r in _runs(uri, "cell")[1]] == ["KILLED"]
+    finally:
+        if _alive(main.pid):
+            os.kill(main.pid, signal.SIGKILL)
+
+
+def _runs_started(uri, cells: int = 2) -> bool:
+    try:
+        return len(_runs(uri, "cell")[1]) == cells
     except Exception:  # the store or the experiment does not exist yet
         return False
 

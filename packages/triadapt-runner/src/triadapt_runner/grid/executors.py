@@ -57,6 +57,7 @@ class SerialExecutor(CellExecutor):
         self.tracker, self.parent_id, self.grid = tracker, parent_id, grid
         self.progress, self.checkpoint_root = progress, checkpoint_root
         self._next: tuple[Cell, dict[str, str] | None] | None = None
+        self.previous = terminate_as_interrupt()  # a SIGTERM marks the running cell KILLED, as Ctrl-C does
 
     def can_start(self, cell: Cell) -> bool:
         return self._next is None
@@ -74,6 +75,12 @@ class SerialExecutor(CellExecutor):
     def running(self) -> int:
         return int(self._next is not None)
 
+    def cancel(self) -> None:
+        self.previous = restore_terminate(self.previous)
+
+    def close(self) -> None:
+        self.previous = restore_terminate(self.previous)
+
 
 def terminate_as_interrupt() -> Any:
     """SIGTERM (`kill`, `timeout`, a scheduler) ends the grid as Ctrl-C does, workers included; the old handler."""
@@ -84,6 +91,13 @@ def terminate_as_interrupt() -> Any:
         raise KeyboardInterrupt(f"signal {signum}")
 
     return signal.signal(signal.SIGTERM, interrupt)
+
+
+def restore_terminate(previous: Any) -> None:
+    """Put back the SIGTERM handler `terminate_as_interrupt` replaced (None: nothing was replaced); returns None."""
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    return None
 
 
 _trackers: dict[tuple[str, str], Any] = {}  # one per worker process and store

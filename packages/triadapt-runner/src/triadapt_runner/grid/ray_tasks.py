@@ -24,7 +24,8 @@ from urllib.parse import urlparse
 
 from triadapt_runner.errors import RunnerError
 from triadapt_runner.grid.cells import CellOutcome
-from triadapt_runner.grid.executors import CellExecutor, run_cell_with_own_tracker, terminate_as_interrupt
+from triadapt_runner.grid.executors import (CellExecutor, restore_terminate, run_cell_with_own_tracker,
+                                             terminate_as_interrupt)
 from triadapt_runner.grid.placement import SHARE_STEPS, gpu_need
 from triadapt_runner.grid.spec import Cell
 
@@ -189,11 +190,7 @@ class RayTasks(CellExecutor):
         self.close()
 
     def close(self) -> None:
-        if self.previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
+        self.previous = restore_terminate(self.previous)
         disconnect()
 
 

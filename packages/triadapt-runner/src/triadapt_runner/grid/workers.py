@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from triadapt_runner.grid.cells import CellOutcome
-from triadapt_runner.grid.executors import CellExecutor, run_cell_with_own_tracker, terminate_as_interrupt
+from triadapt_runner.grid.executors import (CellExecutor, restore_terminate, run_cell_with_own_tracker,
+                                             terminate_as_interrupt)
 from triadapt_runner.grid.placement import Devices, Placement
 from triadapt_runner.grid.spec import Cell
 
@@ -87,17 +87,12 @@ class LocalProcesses(CellExecutor):
             pools[id(self.shared)] = self.shared
         for pool in pools.values():  # each once: a pool that is shut down has no processes left to list
             _stop(pool)
-        self._restore_signal()
+        self.previous = restore_terminate(self.previous)
 
     def close(self) -> None:
-        self._restore_signal()
+        self.previous = restore_terminate(self.previous)
         if self.shared is not None:
             self.shared.shutdown(wait=True)
-
-    def _restore_signal(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
 
 
 def _outcome(future: Future, cell: Cell) -> Any:
