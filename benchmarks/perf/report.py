@@ -213,15 +213,15 @@ def zero_refresh_section(z: dict) -> list[str]:
     zero = {n: r for n, r in cases.items() if n.startswith("ZeRO")}
     worst = max(zero, key=lambda n: zero[n]["share_of_step"])
     lookup = max(r["lookup_ms_per_step"] / r["refresh_ms_per_step"] for r in zero.values())
-    twice = [n for n, r in zero.items() if r["hook_calls_per_step"] > 1]
+    calls = sorted({r["hook_calls_per_step"] for r in zero.values()})
     lines += ["", f"Under DeepSpeed the refresh costs {min(r['refresh_ms_per_step'] for r in zero.values()):.1f} to "
               f"{max(r['refresh_ms_per_step'] for r in zero.values()):.1f} ms per step, at most "
               f"{zero[worst]['share_of_step'] * 100:.1f} % of the step ({worst}), against "
-              f"{cases['no DeepSpeed']['refresh_ms_per_step']:.1f} ms without it. Finding each process's part of the "
-              f"units in DeepSpeed's copies again at each call (an engine may rebuild them) is at most "
-              f"{lookup * 100:.0f} % of that; the rest is the correction itself, one matrix's share at a time, in "
-              "Python" + (f", and under {', '.join(twice)} DeepSpeed's step calls the hook more than once per step "
-                          "(it steps its parameter groups one at a time, here two: with and without weight decay)" if twice else "") + ".", ""]
+              f"{cases['no DeepSpeed']['refresh_ms_per_step']:.1f} ms without it (one run per case). Finding each "
+              f"process's part of the units in DeepSpeed's copies again at each call (an engine may rebuild them) is "
+              f"at most {lookup * 100:.1f} % of that; the rest is the correction itself, one matrix's share at a time, "
+              f"in Python, called {' or '.join(f'{c:g}' for c in calls)} times per optimizer step (DeepSpeed steps its "
+              "parameter groups, under ZeRO-3 their sub-groups, one at a time, and the hook follows each).", ""]
     return lines
 
 
