@@ -75,8 +75,10 @@ def _outcome(tracker: Any, cell: Cell, job_id: str, proc: subprocess.CompletedPr
     error = _last_error(proc)
     if run is not None:
         tracker.log_text(run.info.run_id, "job_stderr.txt", (proc.stderr or "")[-200_000:])  # the whole story
-        if run.info.status == RUNNING:  # the job's first process died before it could close it
-            tracker.set_tag(run.info.run_id, f"{TAG_PREFIX}error", error)
+        # the job's account, whoever closed the run: the first process may have recorded only what it saw of a
+        # peer's death (a broken connection), or died before it could close the run
+        tracker.set_tag(run.info.run_id, f"{TAG_PREFIX}error", error)
+        if run.info.status == RUNNING:
             tracker.end_run(run.info.run_id, FAILED)
     return CellOutcome(cell, "failed", run.info.run_id if run else None, error=error)
 
