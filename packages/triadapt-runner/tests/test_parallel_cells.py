@@ -107,19 +107,23 @@ def test_an_interrupt_stops_the_workers_too(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_terminated_serial_grid_marks_its_running_cell_killed(tmp_path):
-    """SIGTERM to a serial `ablate` (as a batch scheduler's time limit sends it) ends it as Ctrl-C does: exit 130,
-    and the cell that was training is marked KILLED at once, not left RUNNING until a resume finds it."""
+@pytest.mark.parametrize("command", ["ablate", "train"])
+def test_a_terminated_serial_run_marks_its_training_cell_killed(command, tmp_path):
+    """SIGTERM to a serial `ablate` or a `train` (as a batch scheduler's time limit sends it) ends it as Ctrl-C does:
+    exit 130, and the run that was training is marked KILLED at once, not left RUNNING until a resume finds it."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     long = {**PLAIN, "base": {**PLAIN["base"], "train": {**TINY["train"], "epochs": 400}}}
-    grid = write_yaml(tmp_path / "g.yaml", long)
-    cmd = [sys.executable, "-m", "triadapt_runner.cli", "ablate", str(grid), "--tracking-uri", uri, "--no-progress"]
+    if command == "ablate":
+        args = [str(write_yaml(tmp_path / "g.yaml", long))]
+    else:
+        args = ["--config", str(write_yaml(tmp_path / "c.yaml", long["base"])), "--experiment", "jobs"]
+    cmd = [sys.executable, "-m", "triadapt_runner.cli", command, *args, "--tracking-uri", uri, "--no-progress"]
     log = tmp_path / "log.txt"
     with open(log, "w") as out:
         main = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and not _runs_started(uri, 1):
+        while time.time() < deadline and main.poll() is None and not _runs_started(uri, 1):
             time.sleep(1)
         assert [r.info.status for r in _runs(uri, "cell")[1]] == ["RUNNING"], log.read_text()[-2000:]
         main.send_signal(signal.SIGTERM)

@@ -142,11 +142,13 @@ def _train(args: argparse.Namespace) -> int:
     quiet_libraries()
     preflight([cell])  # data, model, adapters and schedule: before any MLflow run exists
     from triadapt_runner.grid.cells import run_cell
+    from triadapt_runner.grid.executors import terminate_as_interrupt
     from triadapt_runner.distributed.processes import init_processes, is_main_process, leave_processes, main_only
     from triadapt_runner.tracking.runs import Tracker
 
     init_processes()
     tracker = main_only(lambda: Tracker(args.tracking_uri, args.experiment), share=False)  # None on other processes
+    terminate_as_interrupt()  # SIGTERM marks the run KILLED, as Ctrl-C does
     outcome = run_cell(tracker, cell, None, None, progress=not args.no_progress, checkpoint_root=args.checkpoint_dir)
     if outcome.status != "failed":
         leave_processes()
