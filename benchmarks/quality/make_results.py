@@ -40,6 +40,7 @@ def generated(draw: bool = False) -> dict[str, str]:
     import results_drug_reviews
     import results_first_runs
     import results_rotten_tomatoes
+    import results_smollm2
     from results_store import opened
 
     values: dict[str, str] = {}
@@ -50,6 +51,11 @@ def generated(draw: bool = False) -> dict[str, str]:
         values.update(rotten_tomatoes)
     if draw:
         results_rotten_tomatoes.draw_figure_2(panels, FIGURE_2_PNG)
+    if (HERE / f"{results_smollm2.GRID}.tar.xz").exists():
+        with opened(results_smollm2.GRID) as uri:
+            values.update(results_smollm2.values(uri))
+    else:  # not started yet: run.sh writes the archive after its first cells
+        values.update(results_smollm2.values(None))
     with opened("demo") as uri:
         values.update(results_demo.values(uri))
     values.update(results_first_runs.values())

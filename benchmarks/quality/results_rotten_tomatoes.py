@@ -12,7 +12,7 @@ from typing import Any
 
 import results_earlier as earlier
 from results_drug_reviews import ABLATIONS, TABLE_I, TRIADAPT, claim, dates, finished, lr, span
-from results_store import GridRuns, ci_text, lr_text, machine, markdown, p_text, pct, signed
+from results_store import GridRuns, ci_text, lr_text, machine, markdown, p_text, pct, progress, signed
 from results_tables import ablation_table, head_to_head, methods_table, sensitivity_table
 from triadapt_runner.grid.selection import edge
 
@@ -218,20 +218,8 @@ def figures(grid: GridRuns, tables: GridRuns, out: dict[str, str]) -> None:
 
 
 def figures_progress(uri: str, out: dict[str, str]) -> bool:
-    """How many of the Figures grid's cells have finished (the grid is run after the Tables grid); whether it is
-    complete."""
-    from triadapt_runner.grid.spec import load_grid
-    from triadapt_runner.tracking.compare import parent_of
-    from triadapt_runner.tracking.runs import Tracker, experiments_with_grid
-
-    spec = load_grid(Path(__file__).resolve().parents[1] / "ablations" / f"{FIGURES}.yaml")
-    rows = {c.row for c in spec.cells()}
-    planned = len(spec.selection_cells()) + len(rows) * (len(spec.seeds) - len(spec.select.seeds))
-    experiments = experiments_with_grid(uri, FIGURES)
-    done = 0
-    if experiments:
-        tracker = Tracker(uri, experiments[0], create=False)
-        done = sum(r.info.status == "FINISHED" for r in tracker.children(parent_of(tracker, FIGURES)))
+    """How far the Figures grid has run (it runs after the Tables grid); whether it is complete."""
+    done, planned = progress(uri, FIGURES)
     out["rt.figure-progress"] = f"{done} of its {planned} cells"
     return done == planned
 

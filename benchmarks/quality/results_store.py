@@ -38,9 +38,11 @@ def machine(run: Any) -> str:
 
 
 class GridRuns:
-    """The finished runs of the latest grid named ``grid`` in the store at ``uri``."""
+    """The finished runs of the latest grid named ``grid`` in the store at ``uri``; ``metric`` is the one that
+    ``values``, ``mean`` and ``diff`` read unless told another."""
 
-    def __init__(self, uri: str, grid: str):
+    def __init__(self, uri: str, grid: str, metric: str = "result_accuracy"):
+        self.metric = metric
         (experiment,) = experiments_with_grid(uri, grid)
         self.tracker = Tracker(uri, experiment, create=False)
         self.parent = parent_of(self.tracker, grid)
@@ -65,12 +67,12 @@ class GridRuns:
     def seeds(self, method: str) -> list[int]:
         return sorted(int(r.data.tags["triadapt.seed"]) for r in self.runs if r.data.tags["triadapt.method"] == method)
 
-    def values(self, method: str, metric: str = "result_accuracy") -> dict[int, float]:
+    def values(self, method: str, metric: str | None = None) -> dict[int, float]:
         """The metric of each seed's run (a run without it is left out: full fine-tuning has no ranks)."""
-        out = {s: self.run(method, s).data.metrics.get(metric) for s in self.seeds(method)}
+        out = {s: self.run(method, s).data.metrics.get(metric or self.metric) for s in self.seeds(method)}
         return {s: v for s, v in out.items() if v is not None}
 
-    def mean(self, method: str, metric: str = "result_accuracy") -> float | None:
+    def mean(self, method: str, metric: str | None = None) -> float | None:
         values = list(self.values(method, metric).values())
         return statistics.fmean(values) if values else None
 
@@ -101,6 +103,22 @@ class GridRuns:
             if tags.get("triadapt.method") == method and "triadapt.selection" in tags and tags["triadapt.seed"] == "0":
                 out[repr(float(run.data.params["train.learning_rate"]))] = machine(run)
         return out
+
+
+def progress(uri: str | None, grid: str) -> tuple[int, int]:
+    """How many of the cells of ``benchmarks/ablations/<grid>.yaml`` have finished in the store at ``uri`` (none
+    without a store), and how many the grid plans (its selection cells, then the other seeds of each row)."""
+    from triadapt_runner.grid.spec import load_grid
+
+    spec = load_grid(HERE.parent / "ablations" / f"{grid}.yaml")
+    rows = {c.row for c in spec.cells()}
+    planned = len(spec.selection_cells()) + len(rows) * (len(spec.seeds) - len(spec.select.seeds))
+    experiments = experiments_with_grid(uri, grid) if uri else []
+    done = 0
+    if experiments:
+        tracker = Tracker(uri, experiments[0], create=False)
+        done = sum(r.info.status == "FINISHED" for r in tracker.children(parent_of(tracker, grid)))
+    return done, planned
 
 
 def markdown(head: list[str], rows: list[list[str]]) -> str:

@@ -71,3 +71,22 @@ def test_a_value_no_page_shows_is_named():
     pages = ["a <!-- results:k -->1<!-- /results -->", "<!-- results:t -->\n\n| a |\n\n<!-- /results -->"]
     assert make_results.not_shown({"k": "1", "t": "| a |"}, pages) == []
     assert make_results.not_shown({"k": "1", "t": "| a |", "rt.figures": "| b |"}, pages) == ["rt.figures"]
+
+
+def test_smollm2_perplexities_are_given_back_from_the_negated_selection_scores():
+    """selection.json keeps scores to maximise, so a perplexity is stored negated: the page shows it positive again,
+    in the grid's order of rates, and a difference with its sign."""
+    from results_smollm2 import ppl, selection_cell
+
+    scores = {repr(1e-4): -1.25, repr(1e-3): -1.2015, repr(2.5e-3): -1.3}
+    grid = SimpleNamespace(selection=lambda: {"peft LoRA": {"scores": scores, "chosen": 1e-3}})
+    assert selection_cell(grid, "peft LoRA") == "1.2500 / 1.2015 / 1.3000 → 1e-3"
+    assert (ppl(0.0181, True), ppl(-0.0007, True)) == ("+0.0181", "\u22120.0007")
+
+
+def test_a_grid_without_a_store_has_finished_none_of_its_cells():
+    """Before its first cell the SmolLM2 rerun has no archive: its progress is 0 of what its spec plans (3 rows × 5
+    rates at seed 0, then 2 more seeds each: 21)."""
+    from results_smollm2 import values
+
+    assert values(None) == {"sft.progress": "0 of its 21 cells"}
