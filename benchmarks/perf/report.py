@@ -464,8 +464,9 @@ def bound_by_overhead(small: dict, large: dict) -> str:
 
 
 def main() -> None:
-    text = ["# Performance", "", "Measured by `nox -s bench` (the scripts in `benchmarks/perf/`), all methods side "
-            "by side in one process on the same machine; the raw results are the JSON files in "
+    text = ["# Performance", "", "Measured by `nox -s bench` (the scripts in `benchmarks/perf/`; the CUDA sections by "
+            "`nox -s gpu`), all methods side by side in one process on the same machine; the raw results are the JSON "
+            "files in "
             "`benchmarks/perf/results/`. A CPU with 2 cores is the reference machine here.", ""]
     text += step_section(load("step_time")) + allocation_section(load("scorer_overhead"))
     text += inference_section(load("inference")) + memory_section(load("memory")) + cli_section(load("cli_latency"))

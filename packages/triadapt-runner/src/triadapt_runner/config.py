@@ -32,7 +32,7 @@ class DataConfig:
     glue_dir: str | None = None
     train_file: str | None = None
     validation_file: str | None = None
-    kind: str = DEFAULT_KIND  # of custom data (data.task=custom); a built-in task has its own (`triadapt tasks`)
+    kind: str = DEFAULT_KIND  # of custom data (data.task=custom); a built-in task has its own (`triadapt data list`)
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"

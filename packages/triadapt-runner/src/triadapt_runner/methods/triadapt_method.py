@@ -59,7 +59,7 @@ class TriAdapt(Method):
 
 
 class IncreLoRAStyle(TriAdapt):
-    """An approximation of IncreLoRA (Zhang et al. 2023) from this project's parts; see docs/concepts.md.
+    """An approximation of IncreLoRA (Zhang et al. 2023) from this project's parts; see docs/runner.md (Methods).
 
     ``lora`` structure (ΔW = BA) from rank 1, the ``sensitivity`` scorer (AdaLoRA's smoothed
     sensitivity × uncertainty, β1 = β2 = 0.85, averaged per matrix as IncreLoRA's module score),

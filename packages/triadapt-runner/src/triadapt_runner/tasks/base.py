@@ -52,7 +52,7 @@ class TaskKind(ABC):
 
     @property
     def label(self) -> str:
-        """How `triadapt tasks` names this kind."""
+        """How `triadapt data list` names this kind."""
         return self.key
 
     def lower_is_better(self, metric: str) -> bool:
