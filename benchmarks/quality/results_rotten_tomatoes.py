@@ -1,5 +1,5 @@
 """docs/results.md on Rotten Tomatoes: the Tables grid run again with the finer learning-rate grid (store
-`rotten-tomatoes`), its Figure 2 (final ranks), how far the Figures grid has run, and the first run (store lost:
+`rotten-tomatoes`), its Figure 2 (final ranks), its Figures 3-4 (the t0 / ΔT grid), and the first run (store lost:
 `earlier/`) beside it. `claim` stops the script when the data no longer says what the page's words say."""
 
 from __future__ import annotations
@@ -197,13 +197,23 @@ def figures(grid: GridRuns, tables: GridRuns, out: dict[str, str]) -> None:
     """Figures 3-4 from the complete Figures grid: each variant at its own chosen rate, against its method's default
     and head to head."""
     out["rt.figures"] = sensitivity_table(grid, VARIANTS, FIGURE_ROWS)
-    out["rt.figure-cells"] = str(len(finished(grid)))
+    runs = finished(grid)
+    claim(all(machine(r) == "C" for r in runs) and {r.data.tags.get("triadapt.device") for r in runs} == {
+        out["rt.device"]}, "the Figures grid ran on the Tables grid's device")
+    out["rt.figure-dates"] = dates(runs)
     default, moved = next(iter(VARIANTS)), list(VARIANTS)[1:]
+    values = grid.select_values()
+    chosen = {f"{m} {v}": grid.selection()[f"{m} {v}"]["chosen"] for m in FIGURE_ROWS for v in VARIANTS}
+    claim(all(edge(values, chosen[f"TriAdaptLoRA linear {v}"]) == "top" for v in VARIANTS),
+          "TriAdaptLoRA linear chose the top of the grid at every variant")
+    claim(not any(edge(values, chosen[f"IncreLoRA-style {v}"]) for v in VARIANTS),
+          "the IncreLoRA-style row chose inside the grid at every variant")
     for method in FIGURE_ROWS:
         claim(grid.values(f"{method} {default}") == tables.values(method),
               f"the default {method} cells reproduce the Tables grid's seed by seed")
-        out[f"rt.fig-range-{SHORT[method]}"] = span([grid.mean(f"{method} {v}") for v in VARIANTS],
-                                                                lambda v: f"{v * 100:.2f}")
+        means = [grid.mean(f"{method} {v}") for v in VARIANTS]
+        claim(max(means) - min(means) < 0.02, f"{method}'s variants lie within 2 points of each other (flat)")
+        out[f"rt.fig-range-{SHORT[method]}"] = span(means, lambda v: f"{v * 100:.2f}")
         out[f"rt.fig-rates-{SHORT[method]}"] = ", ".join(
             f"{VARIANTS[v].replace(' (default)', '')} {lr_text(grid.selection()[f'{method} {v}']['chosen'])}"
             for v in VARIANTS)
@@ -211,10 +221,18 @@ def figures(grid: GridRuns, tables: GridRuns, out: dict[str, str]) -> None:
     significant = [f"{m} ({signed(d.diff)}, p = {p_text(d.p_value)})" for m, d in against_default.items()
                    if (d.p_value or 1) < 0.05]
     out["rt.fig-vs-default"] = "; ".join(significant) or "none"
+    claim(all(chosen[m] != chosen[m.rsplit(" ", 1)[0] + f" {default}"] for m, d in against_default.items()
+              if (d.p_value or 1) < 0.05), "every variant that differs from its default chose another rate than it")
+    claim(len(significant) == 1 and significant[0].startswith("IncreLoRA-style"),
+          "one variant differs from its default at p < 0.05, an IncreLoRA-style one")
     out["rt.fig-comparisons"] = str(len(against_default))
     head = head_to_head(grid, VARIANTS, *FIGURE_ROWS)
     out["rt.fig-head-to-head"] = "; ".join(text for _, _, text in head)
     out["rt.fig-ahead"] = f"{sum(d.diff > 0 for _, d, _ in head)} of {len(head)}"
+    claim(all((d.p_value or 1) >= 0.05 for _, d, _ in head), "no head-to-head difference is significant")
+    out["rt.fig-h2h-range"] = span([d.diff for _, d, _ in head], signed)
+    behind = [VARIANTS[v] for v, d, _ in head if d.diff < 0]
+    claim(behind == ["t0 = 19"], "TriAdaptLoRA linear's mean is behind the IncreLoRA-style row's at t0 = 19 only")
 
 
 def figures_progress(uri: str, out: dict[str, str]) -> bool:
