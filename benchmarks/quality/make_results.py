@@ -54,7 +54,7 @@ def generated(draw: bool = False) -> dict[str, str]:
     if (HERE / f"{results_smollm2.GRID}.tar.xz").exists():
         with opened(results_smollm2.GRID) as uri:
             values.update(results_smollm2.values(uri))
-    else:  # not started yet: run.sh writes the archive after its first cells
+    else:  # not started: run.sh packs the archive when the grid ends (store_archive.py pack, part way)
         values.update(results_smollm2.values(None))
     with opened("demo") as uri:
         values.update(results_demo.values(uri))

@@ -29,7 +29,8 @@ def selection_cell(grid: GridRuns, method: str) -> str:
     """Seed 0's perplexity at each rate (``selection.json`` keeps scores to maximise: a perplexity negated) and the
     rate chosen."""
     entry = grid.selection()[method]
-    return " / ".join(ppl(-score) for score in entry["scores"].values()) + f" → {lr_text(entry['chosen'])}"
+    scores = [entry["scores"][repr(v)] for v in grid.select_values()]
+    return " / ".join(ppl(-score) for score in scores) + f" → {lr_text(entry['chosen'])}"
 
 
 def table(grid: GridRuns) -> str:

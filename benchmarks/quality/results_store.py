@@ -77,7 +77,7 @@ class GridRuns:
         return statistics.fmean(values) if values else None
 
     def diff(self, method: str, baseline: str, other: "GridRuns | None" = None) -> Difference:
-        """``method`` against ``baseline`` (of ``other``, default this grid), paired on seeds, on the main metric."""
+        """``method`` against ``baseline`` (of ``other``, default this grid), paired on seeds, on ``self.metric``."""
         return difference(self.values(method), (other or self).values(baseline))
 
     def selection(self) -> dict[str, dict[str, Any]]:
@@ -111,12 +111,15 @@ def progress(uri: str | None, grid: str) -> tuple[int, int]:
     from triadapt_runner.grid.spec import load_grid
 
     spec = load_grid(HERE.parent / "ablations" / f"{grid}.yaml")
-    rows = {c.row for c in spec.cells()}
-    planned = len(spec.selection_cells()) + len(rows) * (len(spec.seeds) - len(spec.select.seeds))
+    planned = len(spec.cells())
+    if spec.select:
+        rows = {c.row for c in spec.cells()}
+        planned = len(spec.selection_cells()) + len(rows) * (len(spec.seeds) - len(spec.select.seeds))
     experiments = experiments_with_grid(uri, grid) if uri else []
     done = 0
     if experiments:
-        tracker = Tracker(uri, experiments[0], create=False)
+        (experiment,) = experiments
+        tracker = Tracker(uri, experiment, create=False)
         done = sum(r.info.status == "FINISHED" for r in tracker.children(parent_of(tracker, grid)))
     return done, planned
 

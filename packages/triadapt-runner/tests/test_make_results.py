@@ -78,8 +78,9 @@ def test_smollm2_perplexities_are_given_back_from_the_negated_selection_scores()
     in the grid's order of rates, and a difference with its sign."""
     from results_smollm2 import ppl, selection_cell
 
-    scores = {repr(1e-4): -1.25, repr(1e-3): -1.2015, repr(2.5e-3): -1.3}
-    grid = SimpleNamespace(selection=lambda: {"peft LoRA": {"scores": scores, "chosen": 1e-3}})
+    scores = {repr(2.5e-3): -1.3, repr(1e-4): -1.25, repr(1e-3): -1.2015}  # in the order the seed-0 cells finished
+    grid = SimpleNamespace(selection=lambda: {"peft LoRA": {"scores": scores, "chosen": 1e-3}},
+                           select_values=lambda: [1e-4, 1e-3, 2.5e-3])
     assert selection_cell(grid, "peft LoRA") == "1.2500 / 1.2015 / 1.3000 → 1e-3"
     assert (ppl(0.0181, True), ppl(-0.0007, True)) == ("+0.0181", "\u22120.0007")
 
