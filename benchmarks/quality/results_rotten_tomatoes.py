@@ -216,7 +216,7 @@ def figures(grid: GridRuns, tables: GridRuns, out: dict[str, str]) -> None:
         claim(max(means) - min(means) < 0.02, f"{method}'s variants lie within 2 points of each other (flat)")
         out[f"rt.fig-range-{SHORT[method]}"] = span(means, lambda v: f"{v * 100:.2f}")
         out[f"rt.fig-rates-{SHORT[method]}"] = ", ".join(
-            f"{VARIANTS[v].replace(' (default)', '')} {lr_text(grid.selection()[f'{method} {v}']['chosen'])}"
+            f"{VARIANTS[v].replace(' (default)', '')} {lr_text(chosen[f'{method} {v}'])}"
             for v in VARIANTS)
     against_default = {f"{m} {v}": grid.diff(f"{m} {v}", f"{m} {default}") for m in FIGURE_ROWS for v in moved}
     significant = [f"{m} ({signed(d.diff)}, p = {p_text(d.p_value)})" for m, d in against_default.items()
